@@ -1,0 +1,447 @@
+"""The archive: stored instance files plus a SQLite index of their attributes.
+
+Files are the truth, the index is derived from them. A file is written under a temporary name,
+fsynced, renamed and its directory fsynced before its index row is written, so an index row never
+points at a missing or partial file. ``recover()`` (run when the daemon starts) removes
+temporary leftovers and indexes any file whose row a crash lost.
+
+File names are a hash of the SOP Instance UID, never received text, so nothing a peer sends
+can choose where a file lands.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import write_file_meta_info
+
+from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from appliance.fileio import PARTIAL_SUFFIX, atomic_write_bytes
+
+LOG = logging.getLogger(__name__)
+
+ARCHIVE_DIR = "archive"
+INDEX_FILE = "index.sqlite"
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+_VALID_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id TEXT PRIMARY KEY,
+    patient_name TEXT,
+    birth_date TEXT,
+    sex TEXT,
+    charset TEXT,
+    updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    patient_id TEXT,
+    study_date TEXT,
+    study_time TEXT,
+    accession_number TEXT,
+    study_id TEXT,
+    study_description TEXT,
+    referring_physician TEXT,
+    charset TEXT,
+    updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_id);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT,
+    modality TEXT,
+    series_number TEXT,
+    series_description TEXT,
+    body_part TEXT,
+    series_date TEXT,
+    series_time TEXT,
+    updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    series_uid TEXT,
+    study_uid TEXT,
+    instance_number TEXT,
+    transfer_syntax TEXT NOT NULL,
+    charset TEXT,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    source_ae TEXT,
+    received_at REAL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+"""
+
+
+class StoreRefused(Exception):
+    """An instance was not stored; ``status`` is the C-STORE status to answer with."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    sop_instance_uid: str
+    path: Path
+    duplicate: bool
+    kept_existing: bool
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    transfer_syntax: str
+    path: Path
+    size: int
+
+
+def relative_path_for(sop_instance_uid: str) -> str:
+    digest = hashlib.sha256(sop_instance_uid.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae
+    buffer = BytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return _PREAMBLE + buffer.getvalue()
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def _charset(ds: Dataset) -> str:
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return "\\".join(str(v) for v in value)
+
+
+class Archive:
+    """Stores received instances durably and keeps the index in step with the files."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        duplicate_policy: str = "overwrite",
+        disk_reserve_bytes: int = 0,
+    ) -> None:
+        self.root = Path(data_dir) / ARCHIVE_DIR
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.duplicate_policy = duplicate_policy
+        self.disk_reserve_bytes = disk_reserve_bytes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            Path(data_dir) / INDEX_FILE, check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is safe against a process crash; a power cut may lose the newest rows, and
+        # recover() re-indexes them from the files.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- storing -------------------------------------------------------------------------
+
+    def store_encoded(
+        self,
+        encoded_dataset: bytes,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        source_ae: str = "",
+    ) -> StoreOutcome:
+        """Store a dataset exactly as received (no File Meta), in ``transfer_syntax``.
+
+        ``sop_class_uid``/``sop_instance_uid`` are the C-STORE command's values; the dataset must
+        carry the same ones. Raises ``StoreRefused`` with the status to answer.
+        """
+        if not _VALID_UID.match(sop_instance_uid or "") or len(sop_instance_uid) > 64:
+            raise StoreRefused(
+                STATUS_CANNOT_UNDERSTAND,
+                f"Affected SOP Instance UID {sop_instance_uid!r} is not a valid UID",
+            )
+        head = encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae)
+        dataset = self._parse(head, encoded_dataset)
+        ds_class = _text(dataset, "SOPClassUID")
+        ds_instance = _text(dataset, "SOPInstanceUID")
+        if ds_class != sop_class_uid or ds_instance != sop_instance_uid:
+            raise StoreRefused(
+                STATUS_DATASET_MISMATCH,
+                f"data set SOP Class/Instance ({ds_class or 'missing'}, "
+                f"{ds_instance or 'missing'}) differs from the command's "
+                f"({sop_class_uid}, {sop_instance_uid})",
+            )
+        relative = relative_path_for(sop_instance_uid)
+        path = self.root / relative
+        exists = path.exists()
+        if exists and self.duplicate_policy == "keep-first":
+            return StoreOutcome(sop_instance_uid, path, duplicate=True, kept_existing=True)
+
+        size = len(head) + len(encoded_dataset)
+        self._check_reserve(size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            atomic_write_bytes(path, head, encoded_dataset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreRefused(STATUS_OUT_OF_RESOURCES, "archive disk is full") from exc
+            raise StoreRefused(
+                STATUS_OUT_OF_RESOURCES, f"cannot write to the archive: {exc.strerror}"
+            ) from exc
+        self._index(dataset, relative, size, transfer_syntax, source_ae)
+        return StoreOutcome(sop_instance_uid, path, duplicate=exists, kept_existing=False)
+
+    def _parse(self, head: bytes, encoded_dataset: bytes) -> Dataset:
+        try:
+            dataset = dcmread(BytesIO(head + encoded_dataset), stop_before_pixels=True)
+            # Touch the elements we index, so a corrupt value fails here, not later.
+            for keyword in ("SOPClassUID", "SOPInstanceUID", "PatientName", "StudyInstanceUID"):
+                dataset.get(keyword)
+        except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
+            raise StoreRefused(
+                STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}"
+            ) from exc
+        except Exception as exc:  # pydicom raises assorted errors on garbage
+            raise StoreRefused(
+                STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc!r}"
+            ) from exc
+        return dataset
+
+    def _check_reserve(self, incoming_bytes: int) -> None:
+        stat = os.statvfs(self.root)
+        free = stat.f_bavail * stat.f_frsize
+        if free - incoming_bytes < self.disk_reserve_bytes:
+            raise StoreRefused(
+                STATUS_OUT_OF_RESOURCES,
+                f"storing would cross the disk reserve ({free // 2**20} MB free, "
+                f"{self.disk_reserve_bytes // 2**20} MB reserved)",
+            )
+
+    def _index(
+        self, ds: Dataset, relative: str, size: int, transfer_syntax: str, source_ae: str
+    ) -> None:
+        now = time.time()
+        charset = _charset(ds)
+        patient_id = _text(ds, "PatientID")
+        study_uid = _text(ds, "StudyInstanceUID")
+        series_uid = _text(ds, "SeriesInstanceUID")
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT INTO patients VALUES (?,?,?,?,?,?) ON CONFLICT(patient_id) DO UPDATE"
+                    " SET patient_name=excluded.patient_name, birth_date=excluded.birth_date,"
+                    " sex=excluded.sex, charset=excluded.charset, updated_at=excluded.updated_at",
+                    (
+                        patient_id,
+                        _text(ds, "PatientName"),
+                        _text(ds, "PatientBirthDate"),
+                        _text(ds, "PatientSex"),
+                        charset,
+                        now,
+                    ),
+                )
+                self._db.execute(
+                    "INSERT INTO studies VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(study_uid)"
+                    " DO UPDATE SET patient_id=excluded.patient_id,"
+                    " study_date=excluded.study_date, study_time=excluded.study_time,"
+                    " accession_number=excluded.accession_number, study_id=excluded.study_id,"
+                    " study_description=excluded.study_description,"
+                    " referring_physician=excluded.referring_physician,"
+                    " charset=excluded.charset, updated_at=excluded.updated_at",
+                    (
+                        study_uid,
+                        patient_id,
+                        _text(ds, "StudyDate"),
+                        _text(ds, "StudyTime"),
+                        _text(ds, "AccessionNumber"),
+                        _text(ds, "StudyID"),
+                        _text(ds, "StudyDescription"),
+                        _text(ds, "ReferringPhysicianName"),
+                        charset,
+                        now,
+                    ),
+                )
+                self._db.execute(
+                    "INSERT INTO series VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(series_uid)"
+                    " DO UPDATE SET study_uid=excluded.study_uid, modality=excluded.modality,"
+                    " series_number=excluded.series_number,"
+                    " series_description=excluded.series_description,"
+                    " body_part=excluded.body_part, series_date=excluded.series_date,"
+                    " series_time=excluded.series_time, updated_at=excluded.updated_at",
+                    (
+                        series_uid,
+                        study_uid,
+                        _text(ds, "Modality"),
+                        _text(ds, "SeriesNumber"),
+                        _text(ds, "SeriesDescription"),
+                        _text(ds, "BodyPartExamined"),
+                        _text(ds, "SeriesDate"),
+                        _text(ds, "SeriesTime"),
+                        now,
+                    ),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        _text(ds, "SOPInstanceUID"),
+                        _text(ds, "SOPClassUID"),
+                        series_uid,
+                        study_uid,
+                        _text(ds, "InstanceNumber"),
+                        transfer_syntax,
+                        charset,
+                        relative,
+                        size,
+                        source_ae,
+                        now,
+                    ),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # --- reading -------------------------------------------------------------------------
+
+    def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax,"
+                " path, size FROM instances WHERE sop_instance_uid=?",
+                (sop_instance_uid,),
+            ).fetchone()
+        return self._record(row) if row else None
+
+    def instances(self) -> Iterator[InstanceRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax,"
+                " path, size FROM instances ORDER BY received_at"
+            ).fetchall()
+        return (self._record(row) for row in rows)
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+    def patient(self, patient_id: str) -> dict[str, str] | None:
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM patients WHERE patient_id=?", (patient_id,))
+            row = cursor.fetchone()
+            names = [d[0] for d in cursor.description]
+        return dict(zip(names, row, strict=True)) if row else None
+
+    def _record(self, row: tuple) -> InstanceRecord:
+        return InstanceRecord(
+            sop_instance_uid=row[0],
+            sop_class_uid=row[1],
+            series_uid=row[2],
+            study_uid=row[3],
+            transfer_syntax=row[4],
+            path=self.root / row[5],
+            size=row[6],
+        )
+
+    # --- crash recovery ------------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Bring index and files back in step after a crash.
+
+        Removes temporary files, indexes files that have no row, drops rows without a file.
+        """
+        removed_partial = indexed = dropped = 0
+        with self._lock:
+            rows = self._db.execute("SELECT sop_instance_uid, path FROM instances").fetchall()
+        indexed_paths = {path: uid for uid, path in rows}
+        on_disk: set[str] = set()
+        for directory, _subdirs, files in os.walk(self.root):
+            for name in files:
+                full = Path(directory) / name
+                if name.endswith(PARTIAL_SUFFIX):
+                    full.unlink(missing_ok=True)
+                    removed_partial += 1
+                    continue
+                relative = full.relative_to(self.root).as_posix()
+                on_disk.add(relative)
+                if relative not in indexed_paths and self._reindex_file(full, relative):
+                    indexed += 1
+        missing = [uid for path, uid in indexed_paths.items() if path not in on_disk]
+        if missing:
+            with self._lock:
+                self._db.executemany(
+                    "DELETE FROM instances WHERE sop_instance_uid=?", [(uid,) for uid in missing]
+                )
+            dropped = len(missing)
+        summary = {"removed_partial": removed_partial, "indexed": indexed, "dropped": dropped}
+        if any(summary.values()):
+            LOG.warning("archive recovery: %s", summary)
+        return summary
+
+    def _reindex_file(self, full: Path, relative: str) -> bool:
+        try:
+            dataset = dcmread(full, stop_before_pixels=True)
+            meta = dataset.file_meta
+            transfer_syntax = str(meta.TransferSyntaxUID)
+            source_ae = str(meta.get("SourceApplicationEntityTitle", "")).strip()
+        except Exception as exc:  # a file we cannot read is set aside, never indexed
+            LOG.error("archive recovery: unreadable file %s set aside: %s", full, exc)
+            full.rename(full.with_suffix(".unreadable"))
+            return False
+        if relative_path_for(_text(dataset, "SOPInstanceUID")) != relative:
+            LOG.error("archive recovery: %s does not match its SOP Instance UID", full)
+            return False
+        self._index(dataset, relative, full.stat().st_size, transfer_syntax, source_ae)
+        return True

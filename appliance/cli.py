@@ -1,0 +1,192 @@
+"""`dicom-appliance`: the daemon and its administration commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from appliance import __version__
+from appliance.config import NODE_SERVICES, ConfigError, ConfigStore, Node, Settings
+from appliance.paths import default_data_dir
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_WARNINGS = 3
+
+
+def _data_dir_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="data folder (default: $DICOM_APPLIANCE_DATA or $XDG_DATA_HOME/dicom-appliance)",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _data_dir_parent()
+    parser = argparse.ArgumentParser(
+        prog="dicom-appliance", description=__doc__, parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    serve.add_argument("--port", type=int, help="DICOM port for this run")
+    serve.add_argument("--ae-title", help="local AE title for this run")
+
+    config = commands.add_parser("config", parents=[common], help="show or change settings")
+    config_cmds = config.add_subparsers(dest="config_command", required=True)
+    show = config_cmds.add_parser("show", parents=[common], help="print every setting")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    setter = config_cmds.add_parser("set", parents=[common], help="change one setting")
+    setter.add_argument("key", choices=Settings.keys(), metavar="KEY")
+    setter.add_argument("value", metavar="VALUE")
+
+    node = commands.add_parser("node", parents=[common], help="manage remote DICOM nodes")
+    node_cmds = node.add_subparsers(dest="node_command", required=True)
+    add = node_cmds.add_parser("add", parents=[common], help="add (or with --replace, change) a node")
+    add.add_argument("name")
+    add.add_argument("--ae-title", required=True)
+    add.add_argument("--host", required=True)
+    add.add_argument("--port", type=int, required=True)
+    add.add_argument(
+        "--services",
+        default=",".join(NODE_SERVICES),
+        help=f"services it may use against us, comma-separated ({','.join(NODE_SERVICES)})",
+    )
+    add.add_argument(
+        "--no-move-destination",
+        action="store_true",
+        help="never send C-MOVE results to this node",
+    )
+    add.add_argument("--replace", action="store_true", help="replace a node of the same name")
+    remove = node_cmds.add_parser("remove", parents=[common], help="remove a node")
+    remove.add_argument("name")
+    listing = node_cmds.add_parser("list", parents=[common], help="list nodes")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    echo = node_cmds.add_parser("echo", parents=[common], help="C-ECHO a node")
+    echo.add_argument("name")
+
+    send = commands.add_parser("send", parents=[common], help="C-STORE files or folders to a node")
+    send.add_argument("node")
+    send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    send.add_argument("--json", action="store_true", help="print per-instance results as JSON")
+    return parser
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def cmd_config(args: argparse.Namespace, store: ConfigStore) -> int:
+    if args.config_command == "set":
+        stored = store.set(args.key, args.value)
+        print(f"{args.key} = {_format_value(stored)}")
+        return EXIT_OK
+    settings = asdict(store.settings())
+    if args.json:
+        print(json.dumps(settings, indent=2))
+        return EXIT_OK
+    width = max(len(k) for k in settings)
+    for key, value in settings.items():
+        print(f"{key:<{width}}  {_format_value(value):<32}  # {Settings.describe(key)}")
+    return EXIT_OK
+
+
+def cmd_node(args: argparse.Namespace, store: ConfigStore) -> int:
+    if args.node_command == "add":
+        node = Node(
+            name=args.name,
+            ae_title=args.ae_title,
+            host=args.host,
+            port=args.port,
+            services=args.services.split(","),
+            move_destination=not args.no_move_destination,
+        )
+        store.add_node(node, replace=args.replace)
+        print(f"added {node.name}: {node.ae_title}@{node.host}:{node.port}")
+        return EXIT_OK
+    if args.node_command == "remove":
+        store.remove_node(args.name)
+        print(f"removed {args.name}")
+        return EXIT_OK
+    if args.node_command == "list":
+        nodes = store.nodes()
+        if args.json:
+            print(json.dumps([asdict(n) for n in nodes], indent=2))
+            return EXIT_OK
+        print(f"{'NAME':<16} {'AE TITLE':<16} {'HOST':<24} {'PORT':>5}  MOVE-DEST  SERVICES")
+        for n in nodes:
+            print(
+                f"{n.name:<16} {n.ae_title:<16} {n.host:<24} {n.port:>5}  "
+                f"{'yes' if n.move_destination else 'no':<9}  {','.join(n.services)}"
+            )
+        return EXIT_OK
+    # echo
+    from appliance import scu
+
+    node = store.node(args.name)
+    result = scu.echo(store.settings(), node)
+    print(result.describe())
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_send(args: argparse.Namespace, store: ConfigStore) -> int:
+    from appliance import scu
+
+    node = store.node(args.node)
+    report = scu.send(store.settings(), node, args.paths)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in report.lines():
+            print(line)
+    if report.failed:
+        return EXIT_FAILED
+    if report.warnings:
+        return EXIT_WARNINGS
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    data_dir: Path = getattr(args, "data_dir", None) or default_data_dir()
+
+    if args.command == "serve":
+        from appliance.daemon import serve
+
+        return serve(data_dir, port=args.port, ae_title=args.ae_title)
+
+    try:
+        store = ConfigStore(data_dir)
+        try:
+            if args.command == "config":
+                return cmd_config(args, store)
+            if args.command == "node":
+                return cmd_node(args, store)
+            if args.command == "send":
+                return cmd_send(args, store)
+        finally:
+            store.close()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

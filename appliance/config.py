@@ -1,0 +1,377 @@
+"""Configuration store: local settings and remote nodes, validated on load and on change.
+
+One tinydb file (``config.json``) in the data folder. Writes go through one lock (a thread lock
+plus an advisory file lock, so a CLI and the daemon never interleave) and replace the file
+atomically (temporary name, fsync, rename, directory fsync).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tinydb import Query, TinyDB
+from tinydb.storages import Storage
+
+from appliance.dicom_classes import SUPPORTED_TRANSFER_SYNTAXES
+from appliance.fileio import atomic_write_bytes
+
+CONFIG_FILE = "config.json"
+NODE_SERVICES = ("echo", "store", "find", "move", "get", "commitment")
+DUPLICATE_POLICIES = ("overwrite", "keep-first")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the field and what is allowed."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+class AtomicJSONStorage(Storage):
+    """tinydb storage that never leaves a half-written file behind."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("config file", f"{self.path} is not valid JSON ({exc})") from exc
+
+    def write(self, data: dict[str, Any]) -> None:
+        payload = json.dumps(data, indent=2, sort_keys=True).encode("utf-8")
+        atomic_write_bytes(self.path, payload)
+
+
+# --- validators ------------------------------------------------------------------------------
+
+_AE_FORBIDDEN = re.compile(r"[\\\x00-\x1f]")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HOST = re.compile(r"^[A-Za-z0-9_.:-]{1,253}$")
+
+
+def validate_ae_title(field_name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(field_name, "must be text of 1 to 16 characters")
+    stripped = value.strip()
+    if not stripped or len(value) > 16 or _AE_FORBIDDEN.search(value):
+        raise ConfigError(
+            field_name,
+            f"{value!r} is not a valid AE title (1 to 16 characters, no backslash or control "
+            "characters, not all spaces)",
+        )
+    return stripped
+
+
+def _int_range(lo: int, hi: int, *, also: tuple[int, ...] = ()) -> Callable[[str, object], int]:
+    def check(field_name: str, value: object) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(field_name, f"must be an integer in {lo}..{hi}")
+        try:
+            number = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ConfigError(field_name, f"{value!r} is not an integer ({lo}..{hi})") from None
+        if isinstance(value, float) and value != number:
+            raise ConfigError(field_name, f"{value!r} is not an integer ({lo}..{hi})")
+        if number in also or lo <= number <= hi:
+            return number
+        extra = "".join(f" or {v}" for v in also)
+        raise ConfigError(field_name, f"{number} is out of range: allowed {lo}..{hi}{extra}")
+
+    return check
+
+
+def _bool(field_name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(field_name, f"{value!r} is not a boolean (true or false)")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, object], str]:
+    def check(field_name: str, value: object) -> str:
+        if value not in choices:
+            raise ConfigError(field_name, f"{value!r} is not allowed: one of {', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+def _as_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return [str(part) for part in value]
+    return [str(value)]
+
+
+def _transfer_syntaxes(field_name: str, value: object) -> list[str]:
+    items = _as_list(value)
+    if not items:
+        raise ConfigError(field_name, "needs at least one transfer syntax UID")
+    for uid in items:
+        if uid not in SUPPORTED_TRANSFER_SYNTAXES:
+            raise ConfigError(
+                field_name,
+                f"{uid} is not supported: allowed {', '.join(SUPPORTED_TRANSFER_SYNTAXES)}",
+            )
+    if len(set(items)) != len(items):
+        raise ConfigError(field_name, "lists a transfer syntax twice")
+    return items
+
+
+def _services(field_name: str, value: object) -> list[str]:
+    items = _as_list(value)
+    for item in items:
+        if item not in NODE_SERVICES:
+            raise ConfigError(field_name, f"{item!r} is not a service: one of {', '.join(NODE_SERVICES)}")
+    return sorted(set(items), key=NODE_SERVICES.index)
+
+
+def _node_name(field_name: str, value: object) -> str:
+    if not isinstance(value, str) or not _NODE_NAME.match(value):
+        raise ConfigError(
+            field_name, f"{value!r} is not a valid name (1 to 64 of A-Z a-z 0-9 _ . -)"
+        )
+    return value
+
+
+def _host(field_name: str, value: object) -> str:
+    if not isinstance(value, str) or not _HOST.match(value):
+        raise ConfigError(field_name, f"{value!r} is not a host name or IP address")
+    return value
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+def _setting(default: object, check: Callable[[str, object], object], doc: str) -> Any:
+    return field(default_factory=lambda: default, metadata={"check": check, "doc": doc})
+
+
+@dataclass
+class Settings:
+    ae_title: str = _setting("APPLIANCE", validate_ae_title, "local AE title")
+    port: int = _setting(11112, _int_range(1, 65535), "DICOM listening port")
+    bind_address: str = _setting("0.0.0.0", _host, "address the DICOM listener binds to")
+    max_pdu: int = _setting(
+        16384, _int_range(4096, 131072, also=(0,)), "maximum PDU we receive, 0 = unlimited"
+    )
+    max_associations: int = _setting(
+        10, _int_range(1, 256), "maximum simultaneous associations"
+    )
+    association_timeout: int = _setting(
+        30, _int_range(1, 3600), "seconds to wait for an A-ASSOCIATE request or answer"
+    )
+    dimse_timeout: int = _setting(60, _int_range(1, 3600), "seconds to wait for a DIMSE message")
+    network_timeout: int = _setting(
+        60, _int_range(1, 3600), "seconds of network inactivity before an association is dropped"
+    )
+    transfer_syntaxes: list[str] = field(
+        default_factory=lambda: list(SUPPORTED_TRANSFER_SYNTAXES),
+        metadata={
+            "check": _transfer_syntaxes,
+            "doc": "accepted transfer syntaxes, in order of preference (comma-separated UIDs)",
+        },
+    )
+    accept_unknown_calling_ae: bool = _setting(
+        True, _bool, "accept associations from calling AE titles that are not configured nodes"
+    )
+    check_called_ae: bool = _setting(
+        False, _bool, "reject associations whose called AE title is not ours"
+    )
+    accept_any_storage_class: bool = _setting(
+        False, _bool, "accept every storage SOP class, including private ones"
+    )
+    disk_reserve_mb: int = _setting(
+        1024, _int_range(0, 10_000_000), "free space (MB) kept on the archive's disk"
+    )
+    duplicate_policy: str = _setting(
+        "overwrite", _choice(DUPLICATE_POLICIES), "a re-sent SOP Instance UID: overwrite or keep-first"
+    )
+    shutdown_timeout: int = _setting(
+        30, _int_range(0, 3600), "seconds SIGTERM waits for in-flight associations"
+    )
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def describe(cls, key: str) -> str:
+        for f in fields(cls):
+            if f.name == key:
+                return str(f.metadata["doc"])
+        raise KeyError(key)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> Settings:
+        unknown = set(data) - set(cls.keys())
+        if unknown:
+            raise ConfigError(
+                sorted(unknown)[0], f"unknown setting; known settings: {', '.join(cls.keys())}"
+            )
+        values = {}
+        for f in fields(cls):
+            if f.name in data:
+                values[f.name] = f.metadata["check"](f.name, data[f.name])
+        return cls(**values)
+
+    @classmethod
+    def validate_value(cls, key: str, value: object) -> object:
+        for f in fields(cls):
+            if f.name == key:
+                return f.metadata["check"](key, value)
+        raise ConfigError(key, f"unknown setting; known settings: {', '.join(cls.keys())}")
+
+
+@dataclass
+class Node:
+    """A remote DICOM application entity we talk to, or that talks to us."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    services: list[str] = field(default_factory=lambda: list(NODE_SERVICES))
+    move_destination: bool = True
+
+    def __post_init__(self) -> None:
+        self.name = _node_name("name", self.name)
+        self.ae_title = validate_ae_title("ae_title", self.ae_title)
+        self.host = _host("host", self.host)
+        self.port = _int_range(1, 65535)("port", self.port)
+        self.services = _services("services", self.services)
+        self.move_destination = _bool("move_destination", self.move_destination)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> Node:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"node.{sorted(unknown)[0]}", "unknown node field")
+        missing = {"name", "ae_title", "host", "port"} - set(data)
+        if missing:
+            raise ConfigError(f"node.{sorted(missing)[0]}", "is required")
+        return cls(**data)
+
+    def allows(self, service: str) -> bool:
+        return service in self.services
+
+
+class ConfigStore:
+    """The appliance's configuration, validated, with one writer at a time."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.data_dir / CONFIG_FILE
+        self._lock = threading.RLock()
+        self._db = TinyDB(str(self.path), storage=AtomicJSONStorage)
+        self._settings_table = self._db.table("settings")
+        self._nodes_table = self._db.table("nodes")
+        # Refuse to go on with a bad file rather than guess: validate everything now.
+        self.settings()
+        self.nodes()
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        lock_path = self.data_dir / (CONFIG_FILE + ".lock")
+        with self._lock, open(lock_path, "a+") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                # Another process may have written since we last read.
+                self._db.clear_cache()
+                self._settings_table.clear_cache()
+                self._nodes_table.clear_cache()
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # settings
+
+    def _stored_settings(self) -> dict[str, Any]:
+        docs = self._settings_table.all()
+        return dict(docs[0]) if docs else {}
+
+    def settings(self) -> Settings:
+        with self._lock:
+            self._settings_table.clear_cache()
+            return Settings.from_mapping(self._stored_settings())
+
+    def set(self, key: str, value: object) -> object:
+        """Validate and store one setting; returns the stored (normalised) value."""
+        normalised = Settings.validate_value(key, value)
+        with self._writer():
+            stored = self._stored_settings()
+            stored[key] = normalised
+            Settings.from_mapping(stored)
+            self._settings_table.truncate()
+            self._settings_table.insert(stored)
+        return normalised
+
+    # nodes
+
+    def nodes(self) -> list[Node]:
+        with self._lock:
+            self._nodes_table.clear_cache()
+            nodes = [Node.from_mapping(dict(doc)) for doc in self._nodes_table.all()]
+        return sorted(nodes, key=lambda n: n.name)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes():
+            if node.name == name:
+                return node
+        raise ConfigError("node", f"no node named {name!r}")
+
+    def nodes_with_ae_title(self, ae_title: str) -> list[Node]:
+        wanted = ae_title.strip()
+        return [n for n in self.nodes() if n.ae_title == wanted]
+
+    def add_node(self, node: Node, *, replace: bool = False) -> None:
+        with self._writer():
+            existing = self._nodes_table.search(Query().name == node.name)
+            if existing and not replace:
+                raise ConfigError("node.name", f"a node named {node.name!r} already exists")
+            self._nodes_table.remove(Query().name == node.name)
+            self._nodes_table.insert(asdict(node))
+
+    def remove_node(self, name: str) -> None:
+        with self._writer():
+            if not self._nodes_table.remove(Query().name == name):
+                raise ConfigError("node", f"no node named {name!r}")
+
+
+def load_settings(data_dir: Path) -> Settings:
+    store = ConfigStore(data_dir)
+    try:
+        return store.settings()
+    finally:
+        store.close()
+
+
+def config_file_exists(data_dir: Path) -> bool:
+    return os.path.exists(Path(data_dir) / CONFIG_FILE)

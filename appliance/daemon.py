@@ -1,0 +1,78 @@
+"""`dicom-appliance serve`: the daemon in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from appliance.archive import Archive
+from appliance.config import ConfigError, ConfigStore, Settings
+from appliance.network import DicomServer
+
+LOG = logging.getLogger("appliance.daemon")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom narrates every PDU at INFO; our own lines say what an operator needs.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def effective_settings(
+    store: ConfigStore, port: int | None = None, ae_title: str | None = None
+) -> Settings:
+    """The stored settings with this run's command-line overrides, validated like the file."""
+    settings = store.settings()
+    if port is not None:
+        settings.port = int(Settings.validate_value("port", port))  # type: ignore[arg-type]
+    if ae_title is not None:
+        settings.ae_title = str(Settings.validate_value("ae_title", ae_title))
+    return settings
+
+
+def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = None) -> int:
+    configure_logging()
+    try:
+        store = ConfigStore(data_dir)
+        settings = effective_settings(store, port, ae_title)
+    except ConfigError as exc:
+        LOG.error("refusing to start: bad configuration in %s: %s", data_dir, exc)
+        return 2
+
+    archive = Archive(
+        data_dir,
+        duplicate_policy=settings.duplicate_policy,
+        disk_reserve_bytes=settings.disk_reserve_mb * 2**20,
+    )
+    archive.recover()
+    server = DicomServer(settings, store, archive)
+    try:
+        server.start()
+    except OSError as exc:
+        LOG.error("cannot listen on %s:%d: %s", settings.bind_address, settings.port, exc)
+        archive.close()
+        return 1
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        LOG.info("received %s, finishing in-flight work", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
+    stop.wait()
+    server.shutdown(settings.shutdown_timeout)
+    archive.close()
+    store.close()
+    LOG.info("stopped")
+    return 0

@@ -1,0 +1,251 @@
+"""The DICOM listener: Verification and Storage SCP around one pynetdicom AE."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.transport import ThreadedAssociationServer
+
+from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
+from appliance.config import ConfigStore, Settings
+from appliance.dicom_classes import (
+    DICOMSCOPE_SHUTDOWN_SOP_CLASS,
+    STORAGE_SOP_CLASSES,
+    VERIFICATION_SOP_CLASS,
+)
+
+LOG = logging.getLogger("appliance.network")
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_NO_REASON = (0x01, 0x01, 0x01)
+
+
+def apply_timeouts(ae: AE, settings: Settings) -> None:
+    ae.acse_timeout = settings.association_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.connection_timeout = settings.association_timeout
+
+
+def error_status(status: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    # Error Comment is LO: at most 64 characters.
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+@dataclass
+class AssociationStats:
+    peer_ae: str
+    address: str
+    stored: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class DicomServer:
+    """Accepts associations and serves C-ECHO and C-STORE into the archive."""
+
+    def __init__(self, settings: Settings, config: ConfigStore, archive: Archive) -> None:
+        self.settings = settings
+        self.config = config
+        self.archive = archive
+        self._server: ThreadedAssociationServer | None = None
+        self._stats: dict[int, AssociationStats] = {}
+        self._lock = threading.Lock()
+        self._stores_in_flight = 0
+        self._closing = False
+        self._draining_done = False
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        settings = self.settings
+        # Accept-any is process-wide in pynetdicom; the daemon owns exactly one AE.
+        _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_any_storage_class
+        ae = AE(ae_title=settings.ae_title)
+        ae.maximum_pdu_size = settings.max_pdu
+        ae.maximum_associations = settings.max_associations
+        ae.require_called_aet = settings.check_called_ae
+        apply_timeouts(ae, settings)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS, settings.transfer_syntaxes)
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, settings.transfer_syntaxes)
+        return ae
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers: list[tuple[evt.EventType, Callable]] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.bind_address, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+        )
+        LOG.info(
+            "listening as %s on %s:%d", self.settings.ae_title, self.settings.bind_address, self.port
+        )
+
+    # --- association events --------------------------------------------------------------
+
+    @staticmethod
+    def _peer(assoc: Association) -> tuple[str, str]:
+        requestor = assoc.requestor
+        return requestor.ae_title.strip(), f"{requestor.address}:{requestor.port}"
+
+    def _reject(self, assoc: Association, reason: tuple[int, int, int], why: str) -> None:
+        ae_title, address = self._peer(assoc)
+        LOG.warning("association from %s at %s rejected: %s", ae_title, address, why)
+        assoc.acse.send_reject(*reason)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title.strip()
+        if self._closing:
+            self._reject(assoc, (0x02, 0x03, 0x01), "shutting down")
+            return
+        if not self.settings.accept_unknown_calling_ae and not self.config.nodes_with_ae_title(
+            calling
+        ):
+            self._reject(assoc, REJECT_CALLING_AE, f"calling AE title {calling!r} is not known")
+            return
+        proposed = assoc.requestor.primitive.presentation_context_definition_list
+        if self.settings.accept_any_storage_class and any(
+            cx.abstract_syntax == DICOMSCOPE_SHUTDOWN_SOP_CLASS for cx in proposed
+        ):
+            # Accept-any would otherwise take DICOMscope's private IPC class as storage.
+            self._reject(assoc, REJECT_NO_REASON, "proposes DICOMscope's private IPC class")
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        ae_title, address = self._peer(event.assoc)
+        with self._lock:
+            self._stats[id(event.assoc)] = AssociationStats(ae_title, address)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        rejection = event.assoc.acceptor.primitive
+        if rejection is None or self._stats.get(id(event.assoc)):
+            return
+        ae_title, address = self._peer(event.assoc)
+        LOG.info(
+            "association from %s at %s rejected (result %s, source %s, reason %s)",
+            ae_title,
+            address,
+            rejection.result,
+            rejection.result_source,
+            rejection.diagnostic,
+        )
+
+    def _on_closed(self, event: evt.Event) -> None:
+        with self._lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        LOG.info(
+            "association from %s at %s %s after %.1f s: %d stored, %d failed",
+            stats.peer_ae,
+            stats.address,
+            how,
+            time.monotonic() - stats.started,
+            stats.stored,
+            stats.failed,
+        )
+
+    # --- DIMSE services ------------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID)
+        sop_instance = str(request.AffectedSOPInstanceUID)
+        stats = self._stats.get(id(event.assoc))
+        ae_title, address = self._peer(event.assoc)
+        with self._lock:
+            if self._draining_done:
+                return error_status(STATUS_OUT_OF_RESOURCES, "shutting down")
+            self._stores_in_flight += 1
+        try:
+            self.archive.store_encoded(
+                event.encoded_dataset(include_meta=False),
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                transfer_syntax=str(event.context.transfer_syntax),
+                source_ae=ae_title,
+            )
+        except StoreRefused as exc:
+            if stats:
+                stats.failed += 1
+            LOG.error(
+                "C-STORE from %s at %s of %s failed with 0x%04X: %s",
+                ae_title,
+                address,
+                sop_instance,
+                exc.status,
+                exc.comment,
+            )
+            return error_status(exc.status, exc.comment)
+        except Exception as exc:
+            if stats:
+                stats.failed += 1
+            LOG.exception("C-STORE from %s at %s of %s failed", ae_title, address, sop_instance)
+            return error_status(STATUS_OUT_OF_RESOURCES, f"internal error: {exc}")
+        finally:
+            with self._lock:
+                self._stores_in_flight -= 1
+        if stats:
+            stats.stored += 1
+        return 0x0000
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def active_associations(self) -> int:
+        return len([a for a in self.ae.active_associations if a.is_acceptor])
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop listening, let running associations finish up to ``timeout``, then abort them.
+
+        A C-STORE being written when the timeout expires is completed before the abort, so a
+        peer never sees 0000 for an instance that is not on disk.
+        """
+        self._closing = True
+        if self._server is not None:
+            # Stop accepting connections; running associations keep their threads.
+            self._server.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            self._draining_done = True
+        while True:
+            with self._lock:
+                if self._stores_in_flight == 0:
+                    break
+            time.sleep(0.01)
+        for assoc in list(self.ae.active_associations):
+            ae_title, address = self._peer(assoc)
+            LOG.warning("aborting association from %s at %s at shutdown", ae_title, address)
+            assoc.abort()
+        self.ae.shutdown()
