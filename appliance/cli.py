@@ -32,9 +32,7 @@ def _data_dir_parent() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _data_dir_parent()
-    parser = argparse.ArgumentParser(
-        prog="dicom-appliance", description=__doc__, parents=[common]
-    )
+    parser = argparse.ArgumentParser(prog="dicom-appliance", description=__doc__, parents=[common])
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -52,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = commands.add_parser("node", parents=[common], help="manage remote DICOM nodes")
     node_cmds = node.add_subparsers(dest="node_command", required=True)
-    add = node_cmds.add_parser("add", parents=[common], help="add (or with --replace, change) a node")
+    add = node_cmds.add_parser(
+        "add", parents=[common], help="add (or with --replace, change) a node"
+    )
     add.add_argument("name")
     add.add_argument("--ae-title", required=True)
     add.add_argument("--host", required=True)

@@ -144,7 +144,9 @@ def _services(field_name: str, value: object) -> list[str]:
     items = _as_list(value)
     for item in items:
         if item not in NODE_SERVICES:
-            raise ConfigError(field_name, f"{item!r} is not a service: one of {', '.join(NODE_SERVICES)}")
+            raise ConfigError(
+                field_name, f"{item!r} is not a service: one of {', '.join(NODE_SERVICES)}"
+            )
     return sorted(set(items), key=NODE_SERVICES.index)
 
 
@@ -177,9 +179,7 @@ class Settings:
     max_pdu: int = _setting(
         16384, _int_range(4096, 131072, also=(0,)), "maximum PDU we receive, 0 = unlimited"
     )
-    max_associations: int = _setting(
-        10, _int_range(1, 256), "maximum simultaneous associations"
-    )
+    max_associations: int = _setting(10, _int_range(1, 256), "maximum simultaneous associations")
     association_timeout: int = _setting(
         30, _int_range(1, 3600), "seconds to wait for an A-ASSOCIATE request or answer"
     )
@@ -207,7 +207,9 @@ class Settings:
         1024, _int_range(0, 10_000_000), "free space (MB) kept on the archive's disk"
     )
     duplicate_policy: str = _setting(
-        "overwrite", _choice(DUPLICATE_POLICIES), "a re-sent SOP Instance UID: overwrite or keep-first"
+        "overwrite",
+        _choice(DUPLICATE_POLICIES),
+        "a re-sent SOP Instance UID: overwrite or keep-first",
     )
     shutdown_timeout: int = _setting(
         30, _int_range(0, 3600), "seconds SIGTERM waits for in-flight associations"

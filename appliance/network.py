@@ -102,7 +102,10 @@ class DicomServer:
             evt_handlers=handlers,
         )
         LOG.info(
-            "listening as %s on %s:%d", self.settings.ae_title, self.settings.bind_address, self.port
+            "listening as %s on %s:%d",
+            self.settings.ae_title,
+            self.settings.bind_address,
+            self.port,
         )
 
     # --- association events --------------------------------------------------------------

@@ -49,7 +49,11 @@ def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | Non
 
 def run(cmd: Sequence[str], timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        list(cmd), capture_output=True, text=True, timeout=timeout, **kwargs  # type: ignore[arg-type]
+        list(cmd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 

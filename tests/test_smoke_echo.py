@@ -11,7 +11,9 @@ def test_dcmtk_storescu_stores_into_the_index(daemon, tmp_path):
     from tests.factories import write_ct_series
 
     paths = write_ct_series(tmp_path / "in", 3)
-    result = run([dcmtk("storescu"), "-aec", daemon.ae_title, LOOPBACK, str(daemon.port), *map(str, paths)])
+    result = run(
+        [dcmtk("storescu"), "-aec", daemon.ae_title, LOOPBACK, str(daemon.port), *map(str, paths)]
+    )
     assert result.returncode == 0, result.stderr
     listing = daemon.cli("node", "list")
     assert listing.returncode == 0
