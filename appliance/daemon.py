@@ -12,6 +12,7 @@ from types import FrameType
 from appliance.archive import Archive
 from appliance.config import ConfigError, ConfigStore, Settings
 from appliance.network import DicomServer
+from appliance.sd_notify import sd_notify
 
 LOG = logging.getLogger("appliance.daemon")
 
@@ -70,7 +71,12 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
-    stop.wait()
+    sd_notify(f"READY=1\nSTATUS=listening as {settings.ae_title} on port {server.port}")
+    # Wake up now and then: a signal delivered to one of pynetdicom's threads would not
+    # interrupt a wait without timeout in the main thread, and the handler would never run.
+    while not stop.wait(timeout=0.5):
+        pass
+    sd_notify("STOPPING=1")
     server.shutdown(settings.shutdown_timeout)
     archive.close()
     store.close()

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Set up the appliance from this checkout on a fresh Debian machine, then run it or test it.
+#   image-build/setup-debian.sh run    install, start the daemon on a local data folder, open the console
+#   image-build/setup-debian.sh test   install, then run the whole test suite (what CI runs)
+set -euo pipefail
+
+mode="${1:-run}"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+install_system_packages() {
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update
+    # dcmtk, orthanc and dicom3tools are the real DICOM peers the tests talk to.
+    $sudo apt-get install -y --no-install-recommends \
+        python3 python3-venv python3-pip python3-dev gcc \
+        dcmtk orthanc dicom3tools xorriso tmux sqlite3 ca-certificates procps iproute2 systemd
+    # The orthanc package enables a system-wide server; tests start their own instances.
+    if [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now orthanc.service >/dev/null 2>&1 || true
+    fi
+}
+
+install_python_packages() {
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -e "$repo[test]"
+}
+
+run_tests() {
+    cd "$repo"
+    "$venv/bin/ruff" check appliance console tests bench
+    # pytest exits 5 when it collects nothing; set -e turns that into a failure too.
+    "$venv/bin/python" -m pytest -n 2 --durations=15 "$@"
+}
+
+run_appliance() {
+    local data="${DICOM_APPLIANCE_DATA:-${XDG_DATA_HOME:-$HOME/.local/share}/dicom-appliance}"
+    mkdir -p "$data"
+    local pidfile="$data/daemon.pid"
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "appliance already running (pid $(cat "$pidfile")), data folder $data"
+    else
+        nohup "$venv/bin/dicom-appliance" serve --data-dir "$data" >>"$data/daemon.log" 2>&1 &
+        echo $! >"$pidfile"
+        sleep 2
+        if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+            echo "the appliance did not start; last log lines:" >&2
+            tail -n 20 "$data/daemon.log" >&2
+            exit 1
+        fi
+        echo "appliance started (pid $(cat "$pidfile")), data folder $data, log $data/daemon.log"
+        echo "stop it with: kill \$(cat $pidfile)"
+    fi
+    exec "$venv/bin/dicom-console" --data-dir "$data"
+}
+
+case "$mode" in
+    run)
+        install_system_packages
+        install_python_packages
+        run_appliance
+        ;;
+    test)
+        shift || true
+        install_system_packages
+        install_python_packages
+        run_tests "$@"
+        ;;
+    *)
+        echo "usage: $0 run|test" >&2
+        exit 2
+        ;;
+esac
