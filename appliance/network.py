@@ -225,7 +225,8 @@ class DicomServer:
     # --- shutdown ------------------------------------------------------------------------
 
     def active_associations(self) -> int:
-        return len([a for a in self.ae.active_associations if a.is_acceptor])
+        # A connection that never sent an A-ASSOCIATE-RQ is not work in flight.
+        return len([a for a in self.ae.active_associations if a.is_acceptor and a.is_established])
 
     def shutdown(self, timeout: float) -> None:
         """Stop listening, let running associations finish up to ``timeout``, then abort them.
