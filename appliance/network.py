@@ -14,7 +14,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
-from appliance.config import ConfigStore, Settings
+from appliance.config import NODE_SERVICES, ConfigStore, Settings
 from appliance.dicom_classes import (
     DICOMSCOPE_SHUTDOWN_SOP_CLASS,
     STORAGE_SOP_CLASSES,
@@ -26,6 +26,9 @@ LOG = logging.getLogger("appliance.network")
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_NO_REASON = (0x01, 0x01, 0x01)
+
+# PS3.7 C.5.9: Refused: Not Authorized
+STATUS_NOT_AUTHORIZED = 0x0124
 
 
 def apply_timeouts(ae: AE, settings: Settings) -> None:
@@ -47,6 +50,8 @@ def error_status(status: int, comment: str) -> Dataset:
 class AssociationStats:
     peer_ae: str
     address: str
+    # Services this peer may use against us; see DicomServer.services_for.
+    allowed: frozenset[str] = frozenset(NODE_SERVICES)
     stored: int = 0
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -140,10 +145,34 @@ class DicomServer:
             # Accept-any would otherwise take DICOMscope's private IPC class as storage.
             self._reject(assoc, REJECT_NO_REASON, "proposes DICOMscope's private IPC class")
 
+    def services_for(self, calling_ae: str) -> frozenset[str]:
+        """A configured node may use only its listed services; an unknown peer that the access
+        policy lets in may use all of them."""
+        nodes = self.config.nodes_with_ae_title(calling_ae)
+        if not nodes:
+            return frozenset(NODE_SERVICES)
+        return frozenset(service for node in nodes for service in node.services)
+
     def _on_accepted(self, event: evt.Event) -> None:
         ae_title, address = self._peer(event.assoc)
+        # Looked up once per association, so the C-STORE path never reads the configuration.
+        stats = AssociationStats(ae_title, address, allowed=self.services_for(ae_title))
         with self._lock:
-            self._stats[id(event.assoc)] = AssociationStats(ae_title, address)
+            self._stats[id(event.assoc)] = stats
+
+    def _refuse_service(self, event: evt.Event, service: str) -> Dataset | None:
+        stats = self._stats.get(id(event.assoc))
+        if stats is None or service in stats.allowed:
+            return None
+        stats.failed += 1
+        LOG.error(
+            "%s from %s at %s refused: the node is not allowed to use %s",
+            service,
+            stats.peer_ae,
+            stats.address,
+            service,
+        )
+        return error_status(STATUS_NOT_AUTHORIZED, f"{stats.peer_ae} may not use {service}")
 
     def _on_rejected(self, event: evt.Event) -> None:
         rejection = event.assoc.acceptor.primitive
@@ -177,13 +206,16 @@ class DicomServer:
 
     # --- DIMSE services ------------------------------------------------------------------
 
-    def _on_echo(self, event: evt.Event) -> int:
-        return 0x0000
+    def _on_echo(self, event: evt.Event) -> int | Dataset:
+        return self._refuse_service(event, "echo") or 0x0000
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
+        refused = self._refuse_service(event, "store")
+        if refused is not None:
+            return refused
         stats = self._stats.get(id(event.assoc))
         ae_title, address = self._peer(event.assoc)
         with self._lock:
