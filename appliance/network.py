@@ -9,8 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.sop_class import register_uid, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
@@ -36,6 +40,25 @@ def apply_timeouts(ae: AE, settings: Settings) -> None:
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.network_timeout
     ae.connection_timeout = settings.association_timeout
+
+
+def register_storage_classes() -> None:
+    """Make pynetdicom serve C-STORE for every class we negotiate.
+
+    pynetdicom maps retired storage classes (Standalone PET Curve, Stored Print, the old
+    Ultrasound and NM classes ...) to no service: it accepts their presentation contexts and
+    then aborts the association on the first C-STORE.
+    """
+    for sop_class in STORAGE_SOP_CLASSES:
+        if uid_to_service_class(sop_class) is not StorageServiceClass:
+            keyword = UID(sop_class).keyword or "Storage_" + sop_class.replace(".", "_")
+            register_uid(sop_class, keyword, StorageServiceClass)
+
+
+def _negotiated_as_storage(abstract_syntax: str) -> bool:
+    """Whether pynetdicom's accept-any negotiation takes this abstract syntax as storage."""
+    service = uid_to_service_class(abstract_syntax)
+    return UID(abstract_syntax).is_private or service in (StorageServiceClass, ServiceClass)
 
 
 def error_status(status: int, comment: str) -> Dataset:
@@ -81,6 +104,7 @@ class DicomServer:
         ae.maximum_associations = settings.max_associations
         ae.require_called_aet = settings.check_called_ae
         apply_timeouts(ae, settings)
+        register_storage_classes()
         ae.add_supported_context(VERIFICATION_SOP_CLASS, settings.transfer_syntaxes)
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, settings.transfer_syntaxes)
@@ -98,6 +122,7 @@ class DicomServer:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -118,7 +143,12 @@ class DicomServer:
     @staticmethod
     def _peer(assoc: Association) -> tuple[str, str]:
         requestor = assoc.requestor
-        return requestor.ae_title.strip(), f"{requestor.address}:{requestor.port}"
+        ae_title = requestor.ae_title
+        if not ae_title and requestor.primitive is not None:
+            # pynetdicom copies the calling AE title from the A-ASSOCIATE-RQ only after
+            # EVT_REQUESTED; access control runs in EVT_REQUESTED.
+            ae_title = requestor.primitive.calling_ae_title
+        return ae_title.strip(), f"{requestor.address}:{requestor.port}"
 
     def _reject(self, assoc: Association, reason: tuple[int, int, int], why: str) -> None:
         ae_title, address = self._peer(assoc)
@@ -129,7 +159,7 @@ class DicomServer:
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        calling = assoc.requestor.ae_title.strip()
+        calling, _address = self._peer(assoc)
         if self._closing:
             self._reject(assoc, (0x02, 0x03, 0x01), "shutting down")
             return
@@ -144,6 +174,39 @@ class DicomServer:
         ):
             # Accept-any would otherwise take DICOMscope's private IPC class as storage.
             self._reject(assoc, REJECT_NO_REASON, "proposes DICOMscope's private IPC class")
+            return
+        if self.settings.accept_any_storage_class:
+            self._restrict_to_our_transfer_syntaxes(proposed)
+
+    def _restrict_to_our_transfer_syntaxes(self, proposed: list[PresentationContext]) -> None:
+        """Make accept-any negotiation honour ``transfer_syntaxes`` and its order.
+
+        pynetdicom's accept-any negotiation accepts every storage context with the first
+        transfer syntax the peer proposed, whatever we support or prefer. So each proposal is
+        cut down to ours, in our order. A storage context with none of ours is relabelled as
+        Verification, which the normal negotiation then rejects with 0x04 (transfer syntaxes
+        not supported); the A-ASSOCIATE-AC carries no abstract syntax, so the peer sees exactly
+        that rejection.
+        """
+        ours = self.settings.transfer_syntaxes
+        for cx in proposed:
+            wanted = [ts for ts in ours if ts in cx.transfer_syntax]
+            if wanted:
+                cx.transfer_syntax = wanted
+            elif _negotiated_as_storage(str(cx.abstract_syntax)):
+                cx.abstract_syntax = VERIFICATION_SOP_CLASS
+
+    def _on_connection_closed(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        # pynetdicom's acceptor thread waits for an A-ASSOCIATE-RQ until the ACSE timeout even
+        # when the connection is already gone (a port probe, a malformed PDU), and until then
+        # it counts against max_associations. An empty item ends that wait now.
+        if (
+            assoc.is_acceptor
+            and assoc.requestor.primitive is None
+            and assoc.dul.to_user_queue.empty()
+        ):
+            assoc.dul.to_user_queue.put(None)
 
     def services_for(self, calling_ae: str) -> frozenset[str]:
         """A configured node may use only its listed services; an unknown peer that the access
@@ -219,9 +282,18 @@ class DicomServer:
         stats = self._stats.get(id(event.assoc))
         ae_title, address = self._peer(event.assoc)
         with self._lock:
-            if self._draining_done:
-                return error_status(STATUS_OUT_OF_RESOURCES, "shutting down")
-            self._stores_in_flight += 1
+            draining_done = self._draining_done
+            if not draining_done:
+                self._stores_in_flight += 1
+        if draining_done:
+            LOG.error(
+                "C-STORE from %s at %s of %s failed with 0x%04X: shutting down",
+                ae_title,
+                address,
+                sop_instance,
+                STATUS_OUT_OF_RESOURCES,
+            )
+            return error_status(STATUS_OUT_OF_RESOURCES, "shutting down")
         try:
             self.archive.store_encoded(
                 event.encoded_dataset(include_meta=False),
