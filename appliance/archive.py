@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
 
 from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from appliance.dicom_classes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 from appliance.fileio import PARTIAL_SUFFIX, atomic_write_bytes
 
 LOG = logging.getLogger(__name__)
@@ -147,6 +149,42 @@ def encode_file_meta(
     return _PREAMBLE + buffer.getvalue()
 
 
+# Explicit VRs with a 4-byte length field (PS3.5 7.1.2)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+
+
+def _element_complete(blob: bytes, offset: int, transfer_syntax: str) -> bool:
+    """Whether the data element starting at ``offset`` (if any) ends within ``blob``.
+
+    For encapsulated (undefined length) pixel data the fragments are walked to the Sequence
+    Delimitation Item; only their headers are read.
+    """
+    if offset + 8 > len(blob):
+        return offset == len(blob)
+    endian = ">" if transfer_syntax == EXPLICIT_VR_BE else "<"
+    if transfer_syntax == IMPLICIT_VR_LE:
+        header, (length,) = 8, struct.unpack_from(endian + "I", blob, offset + 4)
+    elif blob[offset + 4 : offset + 6] in _LONG_VRS:
+        if offset + 12 > len(blob):
+            return False
+        header, (length,) = 12, struct.unpack_from(endian + "I", blob, offset + 8)
+    else:
+        header, (length,) = 8, struct.unpack_from(endian + "H", blob, offset + 6)
+    position = offset + header
+    if length != 0xFFFFFFFF:
+        return position + length <= len(blob)
+    while position + 8 <= len(blob):
+        group, element, item_length = struct.unpack_from(endian + "HHI", blob, position)
+        if (group, element) == _SEQUENCE_DELIMITER:
+            return True
+        if (group, element) != _ITEM or item_length == 0xFFFFFFFF:
+            return False
+        position += 8 + item_length
+    return False
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
@@ -213,9 +251,15 @@ class Archive:
                 f"Affected SOP Instance UID {sop_instance_uid!r} is not a valid UID",
             )
         head = encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae)
-        dataset = self._parse(head, encoded_dataset)
+        dataset = self._parse(head, encoded_dataset, transfer_syntax)
         ds_class = _text(dataset, "SOPClassUID")
         ds_instance = _text(dataset, "SOPInstanceUID")
+        if not ds_class and not ds_instance:
+            # pydicom reads almost any bytes as some data set; one without either UID is
+            # garbage, not an instance of another SOP Class.
+            raise StoreRefused(
+                STATUS_CANNOT_UNDERSTAND, "data set has no SOP Class UID and no SOP Instance UID"
+            )
         if ds_class != sop_class_uid or ds_instance != sop_instance_uid:
             raise StoreRefused(
                 STATUS_DATASET_MISMATCH,
@@ -243,9 +287,11 @@ class Archive:
         self._index(dataset, relative, size, transfer_syntax, source_ae)
         return StoreOutcome(sop_instance_uid, path, duplicate=exists, kept_existing=False)
 
-    def _parse(self, head: bytes, encoded_dataset: bytes) -> Dataset:
+    def _parse(self, head: bytes, encoded_dataset: bytes, transfer_syntax: str) -> Dataset:
+        blob = head + encoded_dataset
+        buffer = BytesIO(blob)
         try:
-            dataset = dcmread(BytesIO(head + encoded_dataset), stop_before_pixels=True)
+            dataset = dcmread(buffer, stop_before_pixels=True)
             # Touch the elements we index, so a corrupt value fails here, not later.
             for keyword in ("SOPClassUID", "SOPInstanceUID", "PatientName", "StudyInstanceUID"):
                 dataset.get(keyword)
@@ -257,6 +303,12 @@ class Archive:
             raise StoreRefused(
                 STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc!r}"
             ) from exc
+        # pydicom stopped before the pixel data without reading it, and it would read a short
+        # value without complaint: check that the pixel data the header announces is there.
+        if transfer_syntax != DEFLATED_EXPLICIT_VR_LE and not _element_complete(
+            blob, buffer.tell(), transfer_syntax
+        ):
+            raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "data set is truncated in its pixel data")
         return dataset
 
     def _check_reserve(self, incoming_bytes: int) -> None:

@@ -265,3 +265,59 @@ def _read_exactly(sock: socket.socket, count: int) -> bytes:
             raise ConnectionError("peer closed the connection")
         data += chunk
     return data
+
+
+def store_statuses(debug_output: str) -> list[tuple[str, int]]:
+    """(file, DIMSE status) for every Store Response in storescu ``-d`` output, in order."""
+    results: list[tuple[str, int]] = []
+    current: str | None = None
+    for line in debug_output.splitlines():
+        sending = _SENDING.match(line)
+        if sending:
+            current = sending.group(1).strip()
+            continue
+        status = _RSP_STATUS.match(line)
+        if status and current is not None:
+            results.append((current, int(status.group(1), 16)))
+            current = None
+    return results
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 2, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+
+def part10_bytes(sop_class: str, sop_instance: str, transfer_syntax: str, body: bytes) -> bytes:
+    """A Part 10 file around ``body``, with File Meta written by hand so that any UID text
+    (invalid ones included) can be put into it."""
+    meta = b"".join(
+        [
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", sop_class.encode()),
+            _meta_element(0x0003, b"UI", sop_instance.encode()),
+            _meta_element(0x0010, b"UI", transfer_syntax.encode()),
+            _meta_element(0x0012, b"UI", b"1.2.826.0.1.3680043.9.7433.1"),
+        ]
+    )
+    group_length = struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(meta))
+    return b"\x00" * 128 + b"DICM" + group_length + meta + body
+
+
+def encode_dataset(ds: Dataset, transfer_syntax: str = "1.2.840.10008.1.2.1") -> bytes:
+    """``ds`` encoded without File Meta, in an uncompressed transfer syntax."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import UID
+
+    uid = UID(transfer_syntax)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = uid.is_little_endian
+    buffer.is_implicit_VR = uid.is_implicit_VR
+    plain = Dataset()
+    plain.update(ds)
+    write_dataset(buffer, plain)
+    return buffer.getvalue()
