@@ -147,12 +147,18 @@ def cmd_send(args: argparse.Namespace, store: ConfigStore) -> int:
     from appliance import scu
 
     node = store.node(args.node)
-    report = scu.send(store.settings(), node, args.paths)
+    settings = store.settings()
     if args.json:
+        report = scu.send(settings, node, args.paths)
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        for line in report.lines():
-            print(line)
+        # Print each instance as it is answered: a large send takes minutes and the operator
+        # should see it moving. The output is the same as report.lines().
+        print(scu.SendReport(node).header(), flush=True)
+        report = scu.send(
+            settings, node, args.paths, progress=lambda result: print(result.line(), flush=True)
+        )
+        print(report.summary())
     if report.failed:
         return EXIT_FAILED
     if report.warnings:
