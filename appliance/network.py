@@ -17,6 +17,7 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+from appliance.acceptor import EventDrivenRequestHandler
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
 from appliance.config import NODE_SERVICES, ConfigStore, Settings
 from appliance.dicom_classes import (
@@ -126,11 +127,16 @@ class DicomServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self.ae.start_server(
+        # AE.start_server(block=False) with event-driven acceptors instead of polling ones.
+        server = self.ae.make_server(
             (self.settings.bind_address, self.settings.port),
-            block=False,
             evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=EventDrivenRequestHandler,
         )
+        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+        self.ae._servers.append(server)
+        self._server = server
         LOG.info(
             "listening as %s on %s:%d",
             self.settings.ae_title,
