@@ -177,7 +177,7 @@ class Settings:
     port: int = _setting(11112, _int_range(1, 65535), "DICOM listening port")
     bind_address: str = _setting("0.0.0.0", _host, "address the DICOM listener binds to")
     max_pdu: int = _setting(
-        16384, _int_range(4096, 131072, also=(0,)), "maximum PDU we receive, 0 = unlimited"
+        131072, _int_range(4096, 131072, also=(0,)), "maximum PDU we receive, 0 = unlimited"
     )
     max_associations: int = _setting(10, _int_range(1, 256), "maximum simultaneous associations")
     association_timeout: int = _setting(
