@@ -160,7 +160,7 @@ class DicomServer:
         ae_title, address = self._peer(assoc)
         LOG.warning("association from %s at %s rejected: %s", ae_title, address, why)
         assoc.acse.send_reject(*reason)
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        # No EVT_REJECTED: its only handler, _on_rejected, would log this rejection again.
         assoc.kill()
 
     def _on_requested(self, event: evt.Event) -> None:
