@@ -19,7 +19,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance.acceptor import EventDrivenRequestHandler
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
-from appliance.config import NODE_SERVICES, ConfigStore, Settings
+from appliance.config import NODE_SERVICES, ConfigStore, Node, Settings
 from appliance.dicom_classes import (
     DICOMSCOPE_SHUTDOWN_SOP_CLASS,
     STORAGE_SOP_CLASSES,
@@ -94,6 +94,9 @@ class DicomServer:
         self._stores_in_flight = 0
         self._closing = False
         self._draining_done = False
+        # The node list as last read; used while config.json cannot be read (a hand edit in
+        # progress), so access control never fails open. Validated when the daemon started.
+        self._last_good_nodes: list[Node] = config.nodes()
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -169,9 +172,7 @@ class DicomServer:
         if self._closing:
             self._reject(assoc, (0x02, 0x03, 0x01), "shutting down")
             return
-        if not self.settings.accept_unknown_calling_ae and not self.config.nodes_with_ae_title(
-            calling
-        ):
+        if not self.settings.accept_unknown_calling_ae and not self._nodes_with_ae_title(calling):
             self._reject(assoc, REJECT_CALLING_AE, f"calling AE title {calling!r} is not known")
             return
         proposed = assoc.requestor.primitive.presentation_context_definition_list
@@ -214,10 +215,17 @@ class DicomServer:
         ):
             assoc.dul.to_user_queue.put(None)
 
+    def _nodes_with_ae_title(self, ae_title: str) -> list[Node]:
+        try:
+            self._last_good_nodes = self.config.nodes()
+        except Exception as exc:  # ConfigError, or any other way a hand edit can break it
+            LOG.error("configuration unreadable, using the node list read before: %s", exc)
+        return [node for node in self._last_good_nodes if node.ae_title == ae_title.strip()]
+
     def services_for(self, calling_ae: str) -> frozenset[str]:
         """A configured node may use only its listed services; an unknown peer that the access
         policy lets in may use all of them."""
-        nodes = self.config.nodes_with_ae_title(calling_ae)
+        nodes = self._nodes_with_ae_title(calling_ae)
         if not nodes:
             return frozenset(NODE_SERVICES)
         return frozenset(service for node in nodes for service in node.services)

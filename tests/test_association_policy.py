@@ -93,6 +93,50 @@ def test_configured_node_ae_title_is_accepted_with_access_control_on(daemon_fact
     assert echoscu(daemon, calling="LATE_NODE").returncode == 0
 
 
+def _add_node(daemon, name, ae_title, *extra):
+    added = daemon.cli(
+        "node", "add", name, "--ae-title", ae_title, "--host", LOOPBACK, "--port", "104", *extra
+    )
+    assert added.returncode == 0, added.stderr
+
+
+def test_access_control_does_not_fail_open_while_config_is_unreadable(daemon_factory):
+    daemon = daemon_factory(accept_unknown_calling_ae=False)
+    _add_node(daemon, "ct1", "CT_SCANNER")
+    daemon.start()
+    config = daemon.data_dir / "config.json"
+    good = config.read_text()
+    config.write_text("{ half-edited")  # an operator's editor, mid-save
+    try:
+        assert _rejection(_associate(daemon, calling="STRANGER")) == (0x01, 0x01, 0x03)
+        assoc = _associate(daemon, calling="CT_SCANNER")
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        config.write_text(good)
+    assert "configuration unreadable" in daemon.log()
+
+
+def test_node_permissions_do_not_fail_open_while_config_is_unreadable(daemon_factory):
+    daemon = daemon_factory()
+    _add_node(daemon, "ct1", "ECHO_ONLY", "--services", "echo")
+    daemon.start()
+    (daemon.data_dir / "config.json").write_text("[]")
+    ds = ct_dataset()
+    assoc = _associate(
+        daemon,
+        calling="ECHO_ONLY",
+        contexts=((Verification, None), (CTImageStorage, [ExplicitVRLittleEndian])),
+    )
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(ds).Status == 0x0124
+    finally:
+        assoc.release()
+    assert indexed_uids(daemon.data_dir) == set()
+
+
 def test_unknown_calling_ae_is_accepted_when_access_control_is_off(daemon):
     assoc = _associate(daemon, calling="STRANGER")
     assert assoc.is_established
