@@ -114,8 +114,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_instance_is_stored_as_received(name, daemon_factory, tmp_path):
+# accept_any_storage_class changes how pynetdicom negotiates every storage context.
+ACCEPT_ANY_CASES = ["default", "implicit -xi", "big endian -xb", "deflated -xd", "rle"]
+MATRIX = [(name, False) for name in CASES] + [(name, True) for name in ACCEPT_ANY_CASES]
+
+
+@pytest.mark.parametrize(
+    ("name", "accept_any"),
+    MATRIX,
+    ids=[f"{name}{', accept-any' if any_ else ''}" for name, any_ in MATRIX],
+)
+def test_instance_is_stored_as_received(name, accept_any, daemon_factory, tmp_path):
     case = CASES[name]
     source = _source(tmp_path)
     sent = tmp_path / "sent.dcm"
@@ -123,7 +132,7 @@ def test_instance_is_stored_as_received(name, daemon_factory, tmp_path):
     options = case.options
     if case.config_for:
         options = ("-xf", *storescu_config(tmp_path, CTImageStorage, case.config_for))
-    daemon = daemon_factory(**case.settings).start()
+    daemon = daemon_factory(accept_any_storage_class=accept_any, **case.settings).start()
 
     result = storescu(daemon, [sent], *options, calling=CALLING_AE, verbosity="-d")
     output = result.stdout + result.stderr
