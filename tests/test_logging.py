@@ -63,3 +63,11 @@ def test_every_failed_store_is_logged_with_peer_instance_and_status(daemon_facto
         assert sop_instance_uid_of(path) in line
     [summary] = [line for line in _lines_with(log, "FAILLOG") if "released" in line]
     assert "0 stored, 3 failed" in summary
+
+
+def test_association_rejected_by_the_protocol_layer_is_logged_once(daemon_factory):
+    daemon = daemon_factory(check_called_ae=True).start()
+    assert echoscu(daemon, calling="CALLEDLOG", called="NOT_US").returncode != 0
+
+    [line] = _lines_with(daemon.log(), "CALLEDLOG")
+    assert ADDRESS.search(line) and "rejected" in line
