@@ -321,3 +321,15 @@ def encode_dataset(ds: Dataset, transfer_syntax: str = "1.2.840.10008.1.2.1") ->
     plain.update(ds)
     write_dataset(buffer, plain)
     return buffer.getvalue()
+
+
+def ac_context_results(body: bytes) -> dict[int, int]:
+    """{presentation context ID: result} from the body of an A-ASSOCIATE-AC PDU."""
+    results: dict[int, int] = {}
+    position = 68  # protocol version, reserved, called and calling AE, 32 reserved bytes
+    while position + 4 <= len(body):
+        item_type, _reserved, length = struct.unpack_from(">BBH", body, position)
+        if item_type == 0x21:
+            results[body[position + 4]] = body[position + 6]
+        position += 4 + length
+    return results
