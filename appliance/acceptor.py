@@ -43,6 +43,9 @@ LOG = logging.getLogger("pynetdicom.dul")
 # Longest a reactor blocks before it looks at its timers again, in seconds.
 POLL_INTERVAL = 0.05
 
+# Largest PDU body read into a buffer allocated up front (the largest max_pdu we allow).
+_PREALLOCATE_LIMIT = 131072
+
 
 class _NotifyingQueue(queue.Queue):
     """A FIFO queue that calls ``notify()`` after every item it receives."""
@@ -57,9 +60,16 @@ class _NotifyingQueue(queue.Queue):
 
 
 class _ReadIntoSocket(AssociationSocket):
-    """Reads a PDU with one ``recv_into()`` per arriving segment, not 4 KiB ``recv()`` calls."""
+    """Reads a PDU with one ``recv_into()`` per arriving segment, not 4 KiB ``recv()`` calls.
+
+    The buffer is sized from the PDU header, which the peer chose: lengths over
+    ``_PREALLOCATE_LIMIT`` go through pynetdicom's loop, which only grows with the data that
+    actually arrives, so a forged length cannot make us allocate gigabytes.
+    """
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > _PREALLOCATE_LIMIT:
+            return super().recv(nr_bytes)
         sock = self.socket
         assert sock is not None
         buffer = bytearray(nr_bytes)

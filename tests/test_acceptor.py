@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -86,6 +87,24 @@ def test_dropped_connection_mid_store_leaves_the_daemon_serving(daemon, tmp_path
         sock.sendall(b"\x01\x00\x00\x00\x01\x00")
     result = run([dcmtk("echoscu"), "-aec", daemon.ae_title, LOOPBACK, str(daemon.port)])
     assert result.returncode == 0, result.stderr
+
+
+def test_forged_pdu_length_does_not_allocate_it(daemon):
+    """A header claiming a 4 GB PDU must not make the daemon reserve 4 GB up front."""
+    with socket.create_connection((LOOPBACK, daemon.port), timeout=10) as sock:
+        sock.sendall(b"\x01\x00" + struct.pack(">I", 0xFFFFFF00) + b"x" * 64)
+        time.sleep(1.0)  # the daemon is now waiting for the rest of the "PDU"
+        rss_mb = rss_bytes(daemon.proc.pid) / 2**20
+    assert rss_mb < 500, f"daemon RSS {rss_mb:.0f} MB"
+    result = run([dcmtk("echoscu"), "-aec", daemon.ae_title, LOOPBACK, str(daemon.port)])
+    assert result.returncode == 0, result.stderr
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def test_dul_reactor_wakes_for_kill_from_another_thread(monkeypatch):
