@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,16 @@ def _negotiated_as_storage(abstract_syntax: str) -> bool:
     """Whether pynetdicom's accept-any negotiation takes this abstract syntax as storage."""
     service = uid_to_service_class(abstract_syntax)
     return UID(abstract_syntax).is_private or service in (StorageServiceClass, ServiceClass)
+
+
+def _hang_up(assoc: Association) -> None:
+    """Shut the association's connection down, which wakes a reader blocked in recv()."""
+    transport = assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        try:
+            transport.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def error_status(status: int, comment: str) -> Dataset:
@@ -126,6 +137,7 @@ class DicomServer:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_OPEN, self._on_connection_open),
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -202,6 +214,14 @@ class DicomServer:
                 cx.transfer_syntax = wanted
             elif _negotiated_as_storage(str(cx.abstract_syntax)):
                 cx.abstract_syntax = VERIFICATION_SOP_CLASS
+
+    def _on_connection_open(self, event: evt.Event) -> None:
+        # pynetdicom means accepted sockets to time out after network_timeout but sets that on
+        # the listening socket only, and accept() does not pass it on. Without it a peer that
+        # stops in the middle of a PDU holds its thread, and an association slot, for ever.
+        transport = event.assoc.dul.socket
+        if transport is not None and transport.socket is not None:
+            transport.socket.settimeout(self.settings.network_timeout)
 
     def _on_connection_closed(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -366,8 +386,18 @@ class DicomServer:
                 if self._stores_in_flight == 0:
                     break
             time.sleep(0.01)
+        # Never block on a peer here: a blocking abort waits for the connection's reader thread,
+        # which a peer stalled inside a PDU keeps in recv() until the network timeout.
         for assoc in list(self.ae.active_associations):
             ae_title, address = self._peer(assoc)
             LOG.warning("aborting association from %s at %s at shutdown", ae_title, address)
-            assoc.abort()
+            if assoc.is_established:
+                assoc.abort(block=False)
+            else:  # no association yet, nothing to abort: just hang up
+                _hang_up(assoc)
+        grace = time.monotonic() + 1.0
+        while self.ae.active_associations and time.monotonic() < grace:
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            _hang_up(assoc)  # still there: stalled inside a PDU
         self.ae.shutdown()

@@ -127,6 +127,37 @@ def test_malformed_and_truncated_pdus_do_not_stop_the_daemon(daemon_factory):
         _assert_serving(daemon)
 
 
+def _wait_until_serving(daemon, timeout: float) -> float:
+    started = time.monotonic()
+    while echoscu(daemon).returncode != 0:
+        assert time.monotonic() - started < timeout, "a stalled peer still holds the only slot"
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def test_peer_stalling_inside_a_pdu_does_not_hold_a_slot_forever(daemon_factory):
+    """A PDU header promising more than is sent, on a connection kept open (slowloris)."""
+    daemon = daemon_factory(max_associations=1, association_timeout=2, network_timeout=2).start()
+    _wait_until_serving(daemon, timeout=10)  # the start-up probe's connection is gone
+    with socket.create_connection((LOOPBACK, daemon.port), timeout=30) as sock:
+        sock.sendall(b"\x01\x00" + struct.pack(">I", 1000) + b"\x00" * 10)
+        time.sleep(0.5)
+        assert echoscu(daemon).returncode != 0  # the slot is taken for now...
+        _wait_until_serving(daemon, timeout=15)  # ...but not for ever
+
+
+def test_established_peer_stalling_inside_a_pdu_does_not_hold_a_slot_forever(daemon_factory):
+    daemon = daemon_factory(max_associations=1, association_timeout=2, network_timeout=2).start()
+    _wait_until_serving(daemon, timeout=10)  # the start-up probe's connection is gone
+    with socket.create_connection((LOOPBACK, daemon.port), timeout=30) as sock:
+        sock.sendall(associate_rq_pdu(daemon.ae_title, "STALLER"))
+        assert read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+        sock.sendall(b"\x04\x00" + struct.pack(">I", 5000) + b"\x00" * 10)
+        time.sleep(0.5)
+        assert echoscu(daemon).returncode != 0
+        _wait_until_serving(daemon, timeout=15)
+
+
 def test_garbage_after_association_aborts_only_that_association(daemon):
     with socket.create_connection((LOOPBACK, daemon.port), timeout=10) as sock:
         sock.sendall(associate_rq_pdu(daemon.ae_title, "RAWPEER"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -149,6 +150,26 @@ def test_unresponsive_peer_does_not_outlive_shutdown_timeout(daemon_factory):
     with socket.create_connection((LOOPBACK, daemon.port), timeout=10) as sock:
         sock.sendall(associate_rq_pdu(daemon.ae_title, "FROZEN"))
         assert read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+        started = time.monotonic()
+        code = daemon.stop(timeout=90)
+        elapsed = time.monotonic() - started
+    assert code == 0, daemon.log()
+    assert elapsed < 8, daemon.log()
+
+
+def test_peer_stalling_inside_a_pdu_does_not_hold_up_shutdown(daemon_factory):
+    """SIGTERM must not wait for a peer that sent half a PDU and went quiet."""
+    daemon = daemon_factory(shutdown_timeout=1, association_timeout=60, network_timeout=60)
+    daemon.start()
+    with (
+        socket.create_connection((LOOPBACK, daemon.port), timeout=10) as before_association,
+        socket.create_connection((LOOPBACK, daemon.port), timeout=10) as after_association,
+    ):
+        before_association.sendall(b"\x01\x00" + struct.pack(">I", 1000) + b"\x00" * 10)
+        after_association.sendall(associate_rq_pdu(daemon.ae_title, "STALLER"))
+        assert read_pdu(after_association)[0] == 0x02
+        after_association.sendall(b"\x04\x00" + struct.pack(">I", 5000) + b"\x00" * 10)
+        time.sleep(0.5)
         started = time.monotonic()
         code = daemon.stop(timeout=90)
         elapsed = time.monotonic() - started
