@@ -148,10 +148,16 @@ def test_peer_stalling_inside_a_pdu_does_not_hold_a_slot_forever(daemon_factory)
 
 def test_established_peer_stalling_inside_a_pdu_does_not_hold_a_slot_forever(daemon_factory):
     daemon = daemon_factory(max_associations=1, association_timeout=2, network_timeout=2).start()
-    _wait_until_serving(daemon, timeout=10)  # the start-up probe's connection is gone
-    with socket.create_connection((LOOPBACK, daemon.port), timeout=30) as sock:
+    deadline = time.monotonic() + 10
+    while True:  # until the one slot is free (the start-up probe's thread may linger briefly)
+        sock = socket.create_connection((LOOPBACK, daemon.port), timeout=30)
         sock.sendall(associate_rq_pdu(daemon.ae_title, "STALLER"))
-        assert read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+        if read_pdu(sock)[0] == 0x02:  # A-ASSOCIATE-AC
+            break
+        sock.close()
+        assert time.monotonic() < deadline, "the daemon never accepted the association"
+        time.sleep(0.2)
+    with sock:
         sock.sendall(b"\x04\x00" + struct.pack(">I", 5000) + b"\x00" * 10)
         time.sleep(0.5)
         assert echoscu(daemon).returncode != 0
