@@ -177,7 +177,7 @@ class Settings:
     port: int = _setting(11112, _int_range(1, 65535), "DICOM listening port")
     bind_address: str = _setting("0.0.0.0", _host, "address the DICOM listener binds to")
     max_pdu: int = _setting(
-        131072, _int_range(4096, 131072, also=(0,)), "maximum PDU we receive, 0 = unlimited"
+        16384, _int_range(4096, 131072, also=(0,)), "maximum PDU we receive, 0 = unlimited"
     )
     max_associations: int = _setting(10, _int_range(1, 256), "maximum simultaneous associations")
     association_timeout: int = _setting(
@@ -259,12 +259,13 @@ class Node:
     move_destination: bool = True
 
     def __post_init__(self) -> None:
-        self.name = _node_name("name", self.name)
-        self.ae_title = validate_ae_title("ae_title", self.ae_title)
-        self.host = _host("host", self.host)
-        self.port = _int_range(1, 65535)("port", self.port)
-        self.services = _services("services", self.services)
-        self.move_destination = _bool("move_destination", self.move_destination)
+        # "node.<field>" so a node's bad port never reads like the listening port setting.
+        self.name = _node_name("node.name", self.name)
+        self.ae_title = validate_ae_title("node.ae_title", self.ae_title)
+        self.host = _host("node.host", self.host)
+        self.port = _int_range(1, 65535)("node.port", self.port)
+        self.services = _services("node.services", self.services)
+        self.move_destination = _bool("node.move_destination", self.move_destination)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> Node:

@@ -48,6 +48,16 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         LOG.error("refusing to start: bad configuration in %s: %s", data_dir, exc)
         return 2
 
+    # Installed before recovery and the listener, so an early SIGTERM still exits cleanly.
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        LOG.info("received %s, finishing in-flight work", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
     archive = Archive(
         data_dir,
         duplicate_policy=settings.duplicate_policy,
@@ -62,14 +72,6 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         archive.close()
         return 1
 
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        LOG.info("received %s, finishing in-flight work", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
     sd_notify(f"READY=1\nSTATUS=listening as {settings.ae_title} on port {server.port}")
     # Wake up now and then: a signal delivered to one of pynetdicom's threads would not

@@ -18,6 +18,7 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from appliance.acceptor import EventDrivenRequestHandler
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
 from appliance.config import NODE_SERVICES, ConfigStore, Node, Settings
@@ -115,6 +116,8 @@ class DicomServer:
         # Accept-any is process-wide in pynetdicom; the daemon owns exactly one AE.
         _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_any_storage_class
         ae = AE(ae_title=settings.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_pdu_size = settings.max_pdu
         ae.maximum_associations = settings.max_associations
         ae.require_called_aet = settings.check_called_ae

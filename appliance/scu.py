@@ -20,6 +20,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
+from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from appliance.config import Node, Settings
 from appliance.dicom_classes import (
     EXPLICIT_VR_LE,
@@ -58,6 +59,8 @@ class EchoResult:
 
 def requestor_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_pdu_size = settings.max_pdu
     apply_timeouts(ae, settings)
     return ae

@@ -21,3 +21,21 @@ def test_dcmtk_storescu_stores_into_the_index(daemon, tmp_path):
 
     with sqlite3.connect(daemon.data_dir / "index.sqlite") as db:
         assert db.execute("select count(*) from instances").fetchone()[0] == 3
+
+
+def test_association_carries_our_implementation_class_uid_and_default_max_pdu(daemon):
+    from pynetdicom import AE
+
+    from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(LOOPBACK, daemon.port, ae_title=daemon.ae_title)
+    try:
+        assert assoc.is_established
+        assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+        # The reference statements announce 16384 (DICOMscope DS-01); it is our default too.
+        assert assoc.acceptor.maximum_length == 16384
+    finally:
+        assoc.release()
