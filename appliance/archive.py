@@ -44,6 +44,7 @@ STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 _VALID_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_INSTANCE_LOCK_STRIPES = 64
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 _SCHEMA = """
@@ -233,6 +234,7 @@ class Archive:
         self.duplicate_policy = duplicate_policy
         self.disk_reserve_bytes = disk_reserve_bytes
         self._lock = threading.Lock()
+        self._instance_locks = [threading.Lock() for _ in range(_INSTANCE_LOCK_STRIPES)]
         self._db = sqlite3.connect(
             Path(data_dir) / INDEX_FILE, check_same_thread=False, isolation_level=None
         )
@@ -285,24 +287,31 @@ class Archive:
                 f"({sop_class_uid}, {sop_instance_uid})",
             )
         relative = relative_path_for(sop_instance_uid)
-        path = self.root / relative
-        exists = path.exists()
-        if exists and self.duplicate_policy == "keep-first":
-            return StoreOutcome(sop_instance_uid, path, duplicate=True, kept_existing=True)
+        # Two associations storing the same instance at once must not interleave the
+        # exists-check, the write and the index row (keep-first would keep the last).
+        with self._instance_lock(relative):
+            path = self.root / relative
+            exists = path.exists()
+            if exists and self.duplicate_policy == "keep-first":
+                return StoreOutcome(sop_instance_uid, path, duplicate=True, kept_existing=True)
 
-        size = len(head) + len(encoded_dataset)
-        self._check_reserve(size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            atomic_write_bytes(path, head, encoded_dataset)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreRefused(STATUS_OUT_OF_RESOURCES, "archive disk is full") from exc
-            raise StoreRefused(
-                STATUS_OUT_OF_RESOURCES, f"cannot write to the archive: {exc.strerror}"
-            ) from exc
-        self._index(dataset, relative, size, transfer_syntax, source_ae)
-        return StoreOutcome(sop_instance_uid, path, duplicate=exists, kept_existing=False)
+            size = len(head) + len(encoded_dataset)
+            self._check_reserve(size)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                atomic_write_bytes(path, head, encoded_dataset)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreRefused(STATUS_OUT_OF_RESOURCES, "archive disk is full") from exc
+                raise StoreRefused(
+                    STATUS_OUT_OF_RESOURCES, f"cannot write to the archive: {exc.strerror}"
+                ) from exc
+            self._index(dataset, relative, size, transfer_syntax, source_ae)
+            return StoreOutcome(sop_instance_uid, path, duplicate=exists, kept_existing=False)
+
+    def _instance_lock(self, relative: str) -> threading.Lock:
+        # The file name is a SHA-256 hex digest: its first bytes pick a stripe evenly.
+        return self._instance_locks[int(relative[:2], 16) % _INSTANCE_LOCK_STRIPES]
 
     def _parse(self, head: bytes, encoded_dataset: bytes, transfer_syntax: str) -> Dataset:
         blob = head + encoded_dataset
