@@ -6,8 +6,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -82,6 +83,23 @@ def error_status(status: int, comment: str) -> Dataset:
     return ds
 
 
+EventHandlers = list[tuple[evt.EventType, Callable]]
+
+
+class ScpService(Protocol):
+    """A DICOM service the listener serves besides Verification and Storage (Q/R, commitment...).
+
+    Each lives in its own module, owns its handlers, and is handed to ``DicomServer``; it checks
+    the calling node's permission with ``DicomServer.refuse_service``.
+    """
+
+    def add_contexts(self, ae: AE, settings: Settings) -> None:
+        """Add the presentation contexts this service accepts."""
+
+    def handlers(self, server: DicomServer) -> EventHandlers:
+        """The pynetdicom event handlers that serve it."""
+
+
 @dataclass
 class AssociationStats:
     peer_ae: str
@@ -96,8 +114,15 @@ class AssociationStats:
 class DicomServer:
     """Accepts associations and serves C-ECHO and C-STORE into the archive."""
 
-    def __init__(self, settings: Settings, config: ConfigStore, archive: Archive) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: ConfigStore,
+        archive: Archive,
+        services: Sequence[ScpService] = (),
+    ) -> None:
         self.settings = settings
+        self.services = list(services)
         self.config = config
         self.archive = archive
         self._server: ThreadedAssociationServer | None = None
@@ -126,6 +151,8 @@ class DicomServer:
         ae.add_supported_context(VERIFICATION_SOP_CLASS, settings.transfer_syntaxes)
         for sop_class in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop_class, settings.transfer_syntaxes)
+        for service in self.services:
+            service.add_contexts(ae, settings)
         return ae
 
     @property
@@ -134,7 +161,7 @@ class DicomServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        handlers: list[tuple[evt.EventType, Callable]] = [
+        handlers: EventHandlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -145,6 +172,8 @@ class DicomServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
+        for service in self.services:
+            handlers.extend(service.handlers(self))
         # AE.start_server(block=False) with event-driven acceptors instead of polling ones.
         server = self.ae.make_server(
             (self.settings.bind_address, self.settings.port),
@@ -260,7 +289,7 @@ class DicomServer:
         with self._lock:
             self._stats[id(event.assoc)] = stats
 
-    def _refuse_service(self, event: evt.Event, service: str) -> Dataset | None:
+    def refuse_service(self, event: evt.Event, service: str) -> Dataset | None:
         stats = self._stats.get(id(event.assoc))
         if stats is None or service in stats.allowed:
             return None
@@ -307,13 +336,13 @@ class DicomServer:
     # --- DIMSE services ------------------------------------------------------------------
 
     def _on_echo(self, event: evt.Event) -> int | Dataset:
-        return self._refuse_service(event, "echo") or 0x0000
+        return self.refuse_service(event, "echo") or 0x0000
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
-        refused = self._refuse_service(event, "store")
+        refused = self.refuse_service(event, "store")
         if refused is not None:
             return refused
         stats = self._stats.get(id(event.assoc))
