@@ -12,6 +12,7 @@ from types import FrameType
 from appliance.archive import Archive
 from appliance.config import ConfigError, ConfigStore, Settings
 from appliance.network import DicomServer
+from appliance.retrieve_scp import RetrieveService
 from appliance.sd_notify import sd_notify
 
 LOG = logging.getLogger("appliance.daemon")
@@ -64,7 +65,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         disk_reserve_bytes=settings.disk_reserve_mb * 2**20,
     )
     archive.recover()
-    server = DicomServer(settings, store, archive)
+    server = DicomServer(settings, store, archive, services=[RetrieveService()])
     try:
         server.start()
     except OSError as exc:

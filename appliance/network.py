@@ -274,6 +274,11 @@ class DicomServer:
             LOG.error("configuration unreadable, using the node list read before: %s", exc)
         return [node for node in self._last_good_nodes if node.ae_title == ae_title.strip()]
 
+    def nodes_with_ae_title(self, ae_title: str) -> list[Node]:
+        """The configured nodes with this AE title; the node list read before while
+        config.json cannot be read."""
+        return self._nodes_with_ae_title(ae_title)
+
     def services_for(self, calling_ae: str) -> frozenset[str]:
         """A configured node may use only its listed services; an unknown peer that the access
         policy lets in may use all of them."""

@@ -453,9 +453,18 @@ class _ConnectionLost(Exception):
 
 
 def _store_one(
-    assoc: Association, candidate: Candidate, accepted: Sequence[str], msg_id: int
+    assoc: Association,
+    candidate: Candidate,
+    accepted: Sequence[str],
+    msg_id: int,
+    *,
+    originator: tuple[str, int] | None = None,
 ) -> InstanceResult:
-    """Send one file; raises _ConnectionLost (carrying the failure) when no answer came."""
+    """Send one file; raises _ConnectionLost (carrying the failure) when no answer came.
+
+    ``originator`` is the (AE title, Message ID) of the C-MOVE this C-STORE is a
+    sub-operation of.
+    """
 
     def fail(message: str) -> InstanceResult:
         return _failure(candidate.path, message, candidate)
@@ -481,7 +490,12 @@ def _store_one(
         notes.append(f"sent as {transfer_syntax_name(route.send_as)}")
     started = time.monotonic()
     try:
-        response = assoc.send_c_store(ds, msg_id=msg_id)
+        response = assoc.send_c_store(
+            ds,
+            msg_id=msg_id,
+            originator_aet=originator[0] if originator else None,
+            originator_id=originator[1] if originator else None,
+        )
     except (ValueError, AttributeError, RuntimeError) as exc:
         return fail(f"not sent: {exc}")
     if "Status" not in response:
