@@ -214,6 +214,11 @@ class Settings:
     shutdown_timeout: int = _setting(
         30, _int_range(0, 3600), "seconds SIGTERM waits for in-flight associations"
     )
+    commitment_timeout: int = _setting(
+        60,
+        _int_range(1, 86400),
+        "seconds to wait for a storage commitment report before showing instances uncommitted",
+    )
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -45,6 +45,7 @@ BAD_VALUES = [
     ("duplicate_policy", "newest", "overwrite, keep-first"),
     ("shutdown_timeout", -1, "0..3600"),
     ("shutdown_timeout", 3601, "0..3600"),
+    ("commitment_timeout", 0, "1..86400"),
 ]
 
 GOOD_VALUES = [
@@ -68,6 +69,7 @@ GOOD_VALUES = [
     ("disk_reserve_mb", "0", 0),
     ("duplicate_policy", "keep-first", "keep-first"),
     ("shutdown_timeout", "0", 0),
+    ("commitment_timeout", "600", 600),
 ]
 
 
