@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from appliance import __version__
+from appliance import __version__, qr_cli, workflow_cli
 from appliance.config import NODE_SERVICES, ConfigError, ConfigStore, Node, Settings
 from appliance.paths import default_data_dir
 
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never send C-MOVE results to this node",
     )
+    add.add_argument(
+        "--retrieve-method",
+        choices=qr_cli.METHODS,
+        default="move",
+        help="how `retrieve` fetches from it: C-MOVE to us (default) or C-GET",
+    )
     add.add_argument("--replace", action="store_true", help="replace a node of the same name")
     remove = node_cmds.add_parser("remove", parents=[common], help="remove a node")
     remove.add_argument("name")
@@ -79,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("node")
     send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     send.add_argument("--json", action="store_true", help="print per-instance results as JSON")
+
+    qr_cli.add_parsers(commands, common)
+    workflow_cli.add_parsers(commands, common)
     return parser
 
 
@@ -114,6 +123,7 @@ def cmd_node(args: argparse.Namespace, store: ConfigStore) -> int:
             port=args.port,
             services=args.services.split(","),
             move_destination=not args.no_move_destination,
+            retrieve_method=args.retrieve_method,
         )
         store.add_node(node, replace=args.replace)
         print(f"added {node.name}: {node.ae_title}@{node.host}:{node.port}")
@@ -185,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_node(args, store)
             if args.command == "send":
                 return cmd_send(args, store)
+            if args.command == "query":
+                return qr_cli.cmd_query(args, store)
+            if args.command == "retrieve":
+                return qr_cli.cmd_retrieve(args, store)
+            if args.command in workflow_cli.COMMANDS:
+                return workflow_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:

@@ -27,6 +27,7 @@ from appliance.fileio import atomic_write_bytes
 CONFIG_FILE = "config.json"
 NODE_SERVICES = ("echo", "store", "find", "move", "get", "commitment")
 DUPLICATE_POLICIES = ("overwrite", "keep-first")
+RETRIEVE_METHODS = ("move", "get")
 
 
 class ConfigError(ValueError):
@@ -214,6 +215,14 @@ class Settings:
     shutdown_timeout: int = _setting(
         30, _int_range(0, 3600), "seconds SIGTERM waits for in-flight associations"
     )
+    query_case_insensitive_names: bool = _setting(
+        True, _bool, "C-FIND matches Person Names regardless of upper and lower case"
+    )
+    max_query_matches: int = _setting(
+        0,
+        _int_range(0, 1_000_000),
+        "most matches one C-FIND returns (then A700 'too many matches'), 0 = unlimited",
+    )
     commitment_timeout: int = _setting(
         60,
         _int_range(1, 86400),
@@ -262,6 +271,9 @@ class Node:
     port: int
     services: list[str] = field(default_factory=lambda: list(NODE_SERVICES))
     move_destination: bool = True
+    # How `dicom-appliance retrieve` fetches from this node: C-MOVE to our own AE title (the
+    # node must know us as a move destination) or C-GET (it answers on our own association).
+    retrieve_method: str = "move"
 
     def __post_init__(self) -> None:
         # "node.<field>" so a node's bad port never reads like the listening port setting.
@@ -271,6 +283,9 @@ class Node:
         self.port = _int_range(1, 65535)("node.port", self.port)
         self.services = _services("node.services", self.services)
         self.move_destination = _bool("node.move_destination", self.move_destination)
+        self.retrieve_method = _choice(RETRIEVE_METHODS)(
+            "node.retrieve_method", self.retrieve_method
+        )
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> Node:

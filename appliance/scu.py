@@ -67,11 +67,22 @@ def requestor_ae(settings: Settings) -> AE:
 
 
 def associate(
-    ae: AE, settings: Settings, node: Node, contexts: list[PresentationContext]
+    ae: AE,
+    settings: Settings,
+    node: Node,
+    contexts: list[PresentationContext],
+    *,
+    ext_neg: list[Any] | None = None,
+    evt_handlers: list[tuple[evt.EventType, Callable]] | None = None,
 ) -> tuple[Association, bool]:
-    """Request an association for our requests only (the peer never sends us requests on it,
-    so not for C-GET); also says whether the TCP connection was ever made, which pynetdicom 3
-    does not (a refused connection looks like an aborted association)."""
+    """Request an association for our requests only; also says whether the TCP connection was
+    ever made, which pynetdicom 3 does not (a refused connection looks like an aborted
+    association).
+
+    The peer never sends us requests on it, except the C-STOREs of our own C-GET: pynetdicom's
+    C-GET loop serves those itself (with the EVT_C_STORE handler in ``evt_handlers``, and SCP
+    role selection items in ``ext_neg``), so a C-STORE the reactor picks up and puts back on
+    the queue is still served."""
     connected = threading.Event()
 
     def on_open(event: evt.Event) -> None:
@@ -86,7 +97,8 @@ def associate(
         ae_title=node.ae_title,
         # AE.associate() offers its own default, not ae.maximum_pdu_size, unless told.
         max_pdu=settings.max_pdu,
-        evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+        ext_neg=ext_neg,
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_open), *(evt_handlers or [])],
     )
     return assoc, connected.is_set()
 

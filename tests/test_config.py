@@ -221,6 +221,7 @@ def test_node_add_list_remove(tmp_path, capsys):
         "port": 104,
         "services": ["echo", "store"],
         "move_destination": True,
+        "retrieve_method": "move",
     }
     assert nodes[1]["move_destination"] is False
 
