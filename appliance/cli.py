@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from appliance import __version__, qr_cli, workflow_cli
+from appliance import __version__, commitment_cli, qr_cli, workflow_cli
 from appliance.config import NODE_SERVICES, ConfigError, ConfigStore, Node, Settings
 from appliance.paths import default_data_dir
 
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("node")
     send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     send.add_argument("--json", action="store_true", help="print per-instance results as JSON")
+    commitment_cli.add_send_option(send)
+    commitment_cli.add_parsers(commands, common)
 
     qr_cli.add_parsers(commands, common)
     workflow_cli.add_parsers(commands, common)
@@ -158,9 +160,14 @@ def cmd_send(args: argparse.Namespace, store: ConfigStore) -> int:
 
     node = store.node(args.node)
     settings = store.settings()
+    committed = None
     if args.json:
         report = scu.send(settings, node, args.paths)
-        print(json.dumps(report.as_dict(), indent=2))
+        output = report.as_dict()
+        if args.commit:
+            committed = commitment_cli.commit_sent(settings, node, report, store.data_dir)
+            output["commitment"] = committed.as_dict() if committed else None
+        print(json.dumps(output, indent=2))
     else:
         # Print each instance as it is answered: a large send takes minutes and the operator
         # should see it moving. The output is the same as report.lines().
@@ -168,7 +175,13 @@ def cmd_send(args: argparse.Namespace, store: ConfigStore) -> int:
         report = scu.send(
             settings, node, args.paths, progress=lambda result: print(result.line(), flush=True)
         )
-        print(report.summary())
+        print(report.summary(), flush=True)
+        if args.commit:
+            committed = commitment_cli.commit_sent(settings, node, report, store.data_dir)
+            print("\n".join(committed.lines()) if committed else "commitment: nothing to commit")
+    # With --commit, an instance the node has not committed is a failure of the send.
+    if args.commit and committed is not None and committed.status() != "committed":
+        return EXIT_FAILED
     if report.failed:
         return EXIT_FAILED
     if report.warnings:
@@ -201,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return qr_cli.cmd_retrieve(args, store)
             if args.command in workflow_cli.COMMANDS:
                 return workflow_cli.run(args, store)
+            if args.command in commitment_cli.COMMANDS:
+                return commitment_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from appliance.archive import Archive
+from appliance.commitment import CommitmentService
 from appliance.config import ConfigError, ConfigStore, Settings
 from appliance.network import DicomServer
 from appliance.retrieve_scp import RetrieveService
@@ -65,13 +66,16 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         disk_reserve_bytes=settings.disk_reserve_mb * 2**20,
     )
     archive.recover()
-    server = DicomServer(settings, store, archive, services=[RetrieveService()])
+    commitment = CommitmentService(data_dir)
+    server = DicomServer(settings, store, archive, services=[RetrieveService(), commitment])
     try:
         server.start()
     except OSError as exc:
         LOG.error("cannot listen on %s:%d: %s", settings.bind_address, settings.port, exc)
         archive.close()
         return 1
+    # Reports left undelivered by the last run go out now.
+    commitment.start(server)
 
     LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
     sd_notify(f"READY=1\nSTATUS=listening as {settings.ae_title} on port {server.port}")
@@ -80,7 +84,9 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     while not stop.wait(timeout=0.5):
         pass
     sd_notify("STOPPING=1")
+    commitment.stop()
     server.shutdown(settings.shutdown_timeout)
+    commitment.close()
     archive.close()
     store.close()
     LOG.info("stopped")
