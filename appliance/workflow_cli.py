@@ -205,6 +205,18 @@ def _select_worklist_item(args: argparse.Namespace, store: ConfigStore) -> Workl
     result = find_worklist(store.settings(), node, query)
     if not result.ok:
         raise WorkflowError(result.error or "worklist query failed")
+    # An SCP need not match on every key (wlmscpfs ignores the SPS ID): check the answers.
+    wanted = {
+        "accession_number": args.accession,
+        "scheduled_procedure_step_id": args.sps_id,
+        "patient_id": args.patient_id,
+        "study_instance_uid": args.study_uid,
+    }
+    result.items = [
+        item
+        for item in result.items
+        if all(item.as_dict()[key] == value for key, value in wanted.items() if value)
+    ]
     if not result.items:
         raise WorkflowError(f"no scheduled procedure step on {node.name} matches the selection")
     if len(result.items) > 1:
