@@ -254,6 +254,12 @@ class DicomServer:
         transport = event.assoc.dul.socket
         if transport is not None and transport.socket is not None:
             transport.socket.settimeout(self.settings.network_timeout)
+            # Responses are small writes (C-FIND pendings, C-STORE statuses); with Nagle's
+            # algorithm each waits for the peer's delayed ACK, about 40 ms.
+            try:
+                transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
 
     def _on_connection_closed(self, event: evt.Event) -> None:
         assoc = event.assoc
