@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.charset import convert_encodings, encode_string
+from pydicom.charset import convert_encodings, encode_string, python_encoding
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
@@ -145,14 +145,14 @@ def choose_charset(
 
 
 def validate_charset(charset: str) -> str:
-    try:
-        convert_encodings(_charset_terms(charset))
-    except Exception:
+    terms = _charset_terms(charset)
+    # pydicom guesses past unknown or misspelt terms with a warning; refuse them instead.
+    if not all(term in python_encoding or (term == "" and n == 0) for n, term in enumerate(terms)):
         raise ConfigError(
             "--charset",
             f"{charset!r} is not a Specific Character Set term (e.g. ISO_IR 100, ISO_IR 192, "
             "\\ISO 2022 IR 87)",
-        ) from None
+        )
     return charset
 
 

@@ -253,6 +253,9 @@ def test_usage_errors(data: Path) -> None:
     bad_date = cli(data, "worklist", "RIS", "--date", "2024-13")
     assert bad_date.returncode == EXIT_USAGE
     assert "--date" in bad_date.stderr
+    bad_charset = cli(data, "worklist", "RIS", "--charset", "ISO_IR100")
+    assert bad_charset.returncode == EXIT_USAGE
+    assert "--charset" in bad_charset.stderr
     unknown = cli(data, "worklist", "NOSUCH")
     assert unknown.returncode == EXIT_USAGE
     assert "NOSUCH" in unknown.stderr
