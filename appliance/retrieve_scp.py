@@ -320,7 +320,10 @@ class RetrieveService:
             context = assoc._accepted_cx.get(context_id)
             if (
                 isinstance(msg, (C_MOVE, C_GET))
-                and msg.is_valid_request
+                # Answerable; a request without an identifier gets A900 here rather than
+                # silence from pynetdicom.
+                and msg.MessageID is not None
+                and msg.AffectedSOPClassUID is not None
                 and not assoc._sent_release
                 and context is not None
                 and str(context.abstract_syntax) in ours
@@ -625,10 +628,10 @@ def _log_failure(request: _Request, candidate: scu.Candidate, result: scu.Instan
     if result.outcome == scu.SUCCESS:
         return
     LOG.warning(
-        "%s from %s: C-STORE of %s: %s %s",
+        "%s from %s: C-STORE sub-operation for %s: %s (%s)",
         request.kind,
         request.peer,
         candidate.sop_instance_uid,
-        result.status_hex or "not sent",
         result.message,
+        result.status_hex or "not sent",
     )
