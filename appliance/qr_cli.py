@@ -6,20 +6,13 @@ import argparse
 import json
 import sys
 
-from appliance.config import ConfigStore
-from appliance.qr_scu import (
-    FAILURE,
-    LEVELS,
-    METHODS,
-    MODELS,
-    WARNING,
-    Progress,
-    QueryError,
-    parse_key,
-    plan_retrieve,
-    query,
-    retrieve,
-)
+from appliance.config import RETRIEVE_METHODS, ConfigStore
+
+# The same as appliance.qr_scu's, which validates them again; that module (pydicom, pynetdicom,
+# the archive) is imported only when a query or retrieve runs, so other commands start fast.
+LEVELS = ("patient", "study", "series", "image")
+MODELS = ("patient", "study")
+METHODS = RETRIEVE_METHODS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -88,6 +81,8 @@ def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def cmd_query(args: argparse.Namespace, store: ConfigStore) -> int:
+    from appliance.qr_scu import FAILURE, WARNING, QueryError, parse_key, query
+
     node = store.node(args.node)
     settings = store.settings()
     try:
@@ -123,6 +118,8 @@ def cmd_query(args: argparse.Namespace, store: ConfigStore) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace, store: ConfigStore) -> int:
+    from appliance.qr_scu import FAILURE, WARNING, Progress, QueryError, plan_retrieve, retrieve
+
     node = store.node(args.node)
     settings = store.settings()
     try:

@@ -16,6 +16,8 @@ than trusting the node's counters, and, for C-GET, tells us which storage SOP cl
 from __future__ import annotations
 
 import re
+import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +132,6 @@ _QUERY_SYNTAXES = [EXPLICIT_VR_LE, IMPLICIT_VR_LE]
 # PS3.7 C.4.1.1.4 / C.4.2.1.4 / C.4.3.1.4
 STATUS_PENDING = (0xFF00, 0xFF01)
 STATUS_CANCEL = 0xFE00
-STATUS_SUB_OPERATIONS_WARNING = 0xB000
 
 # Storage classes proposed for a C-GET when the node would not list what it holds: the common
 # non-retired image, structured report, presentation state and RT classes, most used first.
@@ -326,7 +327,21 @@ def _final_outcome(code: int) -> str:
     return FAILURE
 
 
-NO_RESPONSE = "no response from the node (DIMSE timeout, or it aborted the association)"
+def _no_response(assoc: Association, since: float) -> str:
+    """Why a request got no (further) answer: pynetdicom reports a DIMSE timeout and an abort
+    alike, the time waited tells them apart."""
+    timeout = assoc.dimse_timeout
+    if timeout is not None and time.monotonic() - since >= timeout - 0.5:
+        return f"no response within the DIMSE timeout ({timeout:g} s)"
+    return (
+        "the node aborted the association or closed the connection instead of answering "
+        "(some nodes do so for a calling AE title they do not know)"
+    )
+
+
+# pydicom re-encodes every decoded Person Name to keep its original bytes and warns when a
+# multi-byte name (ISO 2022 IR 87, for one) does not round-trip; the decoded text is right.
+_PN_REENCODE_WARNING = "Failed to encode value with encodings"
 
 
 # --- C-FIND ----------------------------------------------------------------------------------
@@ -363,10 +378,26 @@ def _run_find(
     except (ValueError, RuntimeError) as exc:
         result.message = f"C-FIND not sent: {exc}"
         return result
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PN_REENCODE_WARNING)
+        _collect_find_responses(assoc, responses, result, model_uid, limit, msg_id)
+    return result
+
+
+def _collect_find_responses(
+    assoc: Association,
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+    result: FindOutcome,
+    model_uid: str,
+    limit: int | None,
+    msg_id: int,
+) -> None:
+    since = time.monotonic()
     for status, answer in responses:
         if "Status" not in status:
-            result.message = NO_RESPONSE
-            return result
+            result.message = _no_response(assoc, since)
+            return
+        since = time.monotonic()
         code = int(status.Status)
         if code in STATUS_PENDING:
             if code == 0xFF01:
@@ -374,6 +405,8 @@ def _run_find(
             if result.cancelled:
                 continue  # answers already on their way when the C-CANCEL arrived
             if answer is not None:
+                for _element in answer:
+                    pass  # decode every value now, in its own character set
                 result.matches.append(answer)
             if limit is not None and len(result.matches) >= limit:
                 # PS3.7 9.3.2.3: the SCP then ends with FE00 (or 0000 if it had finished).
@@ -386,8 +419,7 @@ def _run_find(
         else:
             result.message = describe_status(status, "find")
     if result.status is None and not result.message:
-        result.message = NO_RESPONSE
-    return result
+        result.message = _no_response(assoc, since)
 
 
 @dataclass
@@ -860,7 +892,8 @@ class RetrieveReport:
             f"node: {counts.completed} completed, {counts.failed} failed, {counts.warning} warning"
         )
         if len(self.requests) == 1:
-            final = f"final status {self.requests[0].message}"
+            only = self.requests[0]
+            final = only.message if only.status is None else f"final status {only.message}"
         else:
             odd = [r for r in self.requests if r.outcome != SUCCESS]
             final = "; ".join(f"{r.target}: {r.message}" for r in odd)
@@ -868,8 +901,9 @@ class RetrieveReport:
         text = f"{head}; {node}; {final}"
         if self.outcome == FAILURE:
             text = "FAILED: " + text
-            if not self.received and not counts.completed and not self.failed:
-                text += "; the node had no instances for this request"
+            if not self.expected and not counts.completed and not counts.failed:
+                if self.requests and all(r.status is not None for r in self.requests):
+                    text += "; the node had no instances for this request"
         return text
 
     def notes(self) -> list[str]:
@@ -938,16 +972,19 @@ def get_contexts(
 
 
 def _iterate(
+    assoc: Association,
     responses: Iterator[tuple[Dataset, Dataset | None]],
     target: str,
     service: str,
     progress: Callable[[Progress], None] | None,
 ) -> RequestResult:
     result = RequestResult(target)
+    since = time.monotonic()
     for status, identifier in responses:
         if "Status" not in status:
-            result.message = NO_RESPONSE
+            result.message = _no_response(assoc, since)
             return result
+        since = time.monotonic()
         code = int(status.Status)
         if code in STATUS_PENDING:
             result.counts = SubOperations.from_status(status)
@@ -967,7 +1004,7 @@ def _iterate(
             uids = value if isinstance(value, MultiValue | list) else [value]
             result.failed_uids = [str(uid) for uid in uids if str(uid)]
     if result.status is None and not result.message:
-        result.message = NO_RESPONSE
+        result.message = _no_response(assoc, since)
     return result
 
 
@@ -1109,7 +1146,7 @@ def _send_requests(
         except (ValueError, RuntimeError) as exc:
             report.requests.append(RequestResult(target, message=f"not sent: {exc}"))
             continue
-        report.requests.append(_iterate(responses, target, report.method, progress))
+        report.requests.append(_iterate(assoc, responses, target, report.method, progress))
 
 
 def _instance_outcomes(
