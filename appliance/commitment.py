@@ -643,7 +643,7 @@ def _await_report_response(assoc: Association, msg_id: int, timeout: float) -> t
                 and msg.is_valid_response
                 and msg.MessageIDBeingRespondedTo == msg_id
             ):
-                return True, _describe_report_status(msg.Status)
+                return _report_answer(msg.Status)
             # A request of the requester's own, served when the reactor runs again.
             stash.append((context_id, msg))
     finally:
@@ -651,11 +651,13 @@ def _await_report_response(assoc: Association, msg_id: int, timeout: float) -> t
             assoc.dimse.msg_queue.put(item)
 
 
-def _describe_report_status(status: int | None) -> str:
+def _report_answer(status: int | None) -> tuple[bool, str]:
+    """Delivered only when the requester answers 0000: any other status says it did not take
+    the result (a requester that wants reports on a new association may answer 0211
+    unrecognised operation on its own), so the report goes out again."""
     if status == 0x0000:
-        return "answered 0000"
-    # Delivered all the same: the requester has our result; sending it again would not help.
-    return f"answered 0x{status or 0:04X}"
+        return True, "answered 0000"
+    return False, f"the requester answered 0x{status or 0:04X}"
 
 
 def send_report(settings: Settings, node: Node, request: IncomingRequest) -> tuple[bool, str]:
@@ -687,7 +689,7 @@ def send_report(settings: Settings, node: Node, request: IncomingRequest) -> tup
         return False, "no N-EVENT-REPORT response (timeout or aborted)"
     if assoc.is_established:
         assoc.release()
-    return True, _describe_report_status(int(status.Status))
+    return _report_answer(int(status.Status))
 
 
 # --- SCP: checking the archive ---------------------------------------------------------------
