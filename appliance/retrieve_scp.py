@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -33,38 +32,34 @@ from pynetdicom.presentation import PresentationContext
 from appliance import scu
 from appliance.archive import Archive, InstanceRecord
 from appliance.config import Node, Settings
-from appliance.dicom_classes import IMPLICIT_VR_LE, STORAGE_SOP_CLASSES
+from appliance.dicom_classes import (
+    IMPLICIT_VR_LE,
+    STORAGE_SOP_CLASSES,
+    UNCOMPRESSED_TRANSFER_SYNTAXES,
+)
 from appliance.network import DicomServer, EventHandlers
+from appliance.query import (
+    PATIENT_ROOT,
+    PATIENT_STUDY_ONLY,
+    STATUS_IDENTIFIER_MISMATCH,
+    STATUS_UNABLE_TO_PROCESS,
+    STUDY_ROOT,
+    QueryError,
+    resolve_instances,
+)
 
 LOG = logging.getLogger("appliance.retrieve")
 
-# Query/Retrieve information models (PS3.4 C.6) and their MOVE and GET SOP classes.
-PATIENT_ROOT = "patient"
-STUDY_ROOT = "study"
-PATIENT_STUDY_ONLY = "patient_study_only"
-
+# The MOVE and GET SOP classes of the Query/Retrieve information models (PS3.4 C.6).
 MOVE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.2.1.2": PATIENT_ROOT,
     "1.2.840.10008.5.1.4.1.2.2.2": STUDY_ROOT,
-    "1.2.840.10008.5.1.4.1.2.3.2": PATIENT_STUDY_ONLY,  # retired, still sent by GEMINI
+    "1.2.840.10008.5.1.4.1.2.3.2": PATIENT_STUDY_ONLY,  # retired; GEMINI still offers it
 }
 GET_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.2.1.3": PATIENT_ROOT,
     "1.2.840.10008.5.1.4.1.2.2.3": STUDY_ROOT,
     "1.2.840.10008.5.1.4.1.2.3.3": PATIENT_STUDY_ONLY,
-}
-
-# Levels each model allows, and the unique key of each level (PS3.4 C.6.1.1, C.6.2.1, C.6.3.1).
-MODEL_LEVELS: dict[str, tuple[str, ...]] = {
-    PATIENT_ROOT: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
-    STUDY_ROOT: ("STUDY", "SERIES", "IMAGE"),
-    PATIENT_STUDY_ONLY: ("PATIENT", "STUDY"),
-}
-UNIQUE_KEYS: dict[str, str] = {
-    "PATIENT": "PatientID",
-    "STUDY": "StudyInstanceUID",
-    "SERIES": "SeriesInstanceUID",
-    "IMAGE": "SOPInstanceUID",
 }
 
 # C-MOVE / C-GET response statuses (PS3.4 C.4.2.1.5 and C.4.3.1.4, PS3.7 C).
@@ -80,104 +75,21 @@ STATUS_UNABLE_TO_CALCULATE = 0xA701
 # no C-STORE succeeded, e.g. the destination refused the association or cannot be reached.
 STATUS_UNABLE_TO_PERFORM = 0xA702
 STATUS_DESTINATION_UNKNOWN = 0xA801
-STATUS_IDENTIFIER_MISMATCH = 0xA900
-STATUS_UNABLE_TO_PROCESS = 0xC000
 
 # Number of ... Sub-operations are US (PS3.7 E.1).
 MAX_SUBOPERATIONS = 0xFFFF
-
-QUERY_RETRIEVE_LEVEL = Tag(0x0008, 0x0052)
 
 
 class RetrieveRefused(Exception):
     """The request is answered with a single final status and no sub-operations."""
 
-    def __init__(self, status: int, comment: str, offending: Iterable[int] = ()) -> None:
+    def __init__(self, status: int, comment: str) -> None:
         super().__init__(comment)
         self.status = status
         self.comment = comment
-        self.offending = list(offending)
 
 
 Resolver = Callable[[Archive, Dataset, str], list[InstanceRecord]]
-
-
-def _default_resolver() -> Resolver:
-    try:
-        from appliance.query import resolve_instances  # type: ignore[attr-defined]
-    except ImportError:
-        return resolve_by_uids
-    return resolve_instances  # type: ignore[no-any-return]
-
-
-def resolve_by_uids(archive: Archive, identifier: Dataset, model: str) -> list[InstanceRecord]:
-    """Instances under the entities whose unique keys the identifier gives (single values or
-    lists of UIDs); a stand-in until the C-FIND matching engine resolves identifiers."""
-    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-    clauses: list[str] = []
-    params: list[str] = []
-    columns = {
-        "PatientID": "s.patient_id",
-        "StudyInstanceUID": "i.study_uid",
-        "SeriesInstanceUID": "i.series_uid",
-        "SOPInstanceUID": "i.sop_instance_uid",
-    }
-    for lvl in MODEL_LEVELS[model][: MODEL_LEVELS[model].index(level) + 1]:
-        keyword = UNIQUE_KEYS[lvl]
-        values = _values(identifier, keyword)
-        if values:
-            clauses.append(f"{columns[keyword]} IN ({','.join('?' * len(values))})")
-            params.extend(values)
-    where = " AND ".join(clauses) or "1"
-    with archive._lock:
-        rows = archive._db.execute(
-            "SELECT i.sop_instance_uid, i.sop_class_uid, i.series_uid, i.study_uid,"
-            " i.transfer_syntax, i.path, i.size FROM instances i"
-            " LEFT JOIN studies s ON s.study_uid = i.study_uid"
-            f" WHERE {where} ORDER BY i.study_uid, i.series_uid,"
-            " CAST(i.instance_number AS INTEGER), i.sop_instance_uid",
-            params,
-        ).fetchall()
-    return [archive._record(row) for row in rows]
-
-
-def _values(identifier: Dataset, keyword: str) -> list[str]:
-    element = identifier.get(keyword)
-    if element is None:
-        return []
-    if isinstance(element, str):
-        raw = element.split("\\")
-    elif isinstance(element, Iterable):
-        raw = [str(v) for v in element]
-    else:
-        raw = [str(element)]
-    return [v.strip() for v in raw if v and v.strip()]
-
-
-def check_identifier(identifier: Dataset, model: str) -> str:
-    """The Query/Retrieve Level of a C-MOVE/C-GET identifier; raises RetrieveRefused (A900)
-    when the identifier does not fit the information model (PS3.4 C.4.2.2.1)."""
-    if "QueryRetrieveLevel" not in identifier:
-        raise RetrieveRefused(
-            STATUS_IDENTIFIER_MISMATCH, "no Query/Retrieve Level", [QUERY_RETRIEVE_LEVEL]
-        )
-    level = str(identifier.QueryRetrieveLevel or "").strip().upper()
-    if level not in MODEL_LEVELS[model]:
-        raise RetrieveRefused(
-            STATUS_IDENTIFIER_MISMATCH,
-            f"Query/Retrieve Level {level or 'empty'!r} is not one of "
-            f"{'/'.join(MODEL_LEVELS[model])}",
-            [QUERY_RETRIEVE_LEVEL],
-        )
-    keyword = UNIQUE_KEYS[level]
-    if not _values(identifier, keyword):
-        # An empty unique key would retrieve every entity of the level.
-        raise RetrieveRefused(
-            STATUS_IDENTIFIER_MISMATCH,
-            f"{level} level needs a value for {keyword}",
-            [Tag(keyword)],
-        )
-    return level
 
 
 @dataclass
@@ -250,7 +162,6 @@ class _Request:
         tally: Tally | None = None,
         *,
         comment: str = "",
-        offending: list[int] | None = None,
         failed_list: bool = False,
     ) -> None:
         rsp = C_MOVE() if isinstance(self.primitive, C_MOVE) else C_GET()
@@ -259,8 +170,6 @@ class _Request:
         rsp.Status = status
         if comment:
             rsp.ErrorComment = comment[:64]  # LO
-        if offending:
-            rsp.OffendingElement = offending
         if tally is not None:
             # Remaining is sent with Pending and Cancel only (PS3.4 C.4.2.1.6).
             if status in (STATUS_PENDING, STATUS_CANCEL):
@@ -281,18 +190,18 @@ class _Request:
 class RetrieveService:
     """C-MOVE and C-GET SCP for the Patient Root, Study Root and Patient/Study Only models."""
 
-    def __init__(self, resolver: Resolver | None = None) -> None:
+    def __init__(self, resolver: Resolver = resolve_instances) -> None:
         self._resolver = resolver
         self._server: DicomServer | None = None
 
     # --- ScpService --------------------------------------------------------------------
 
     def add_contexts(self, ae: AE, settings: Settings) -> None:
-        # Identifiers are small data sets: compressed transfer syntaxes make no sense for them.
-        syntaxes = [ts for ts in settings.transfer_syntaxes if not UID(ts).is_compressed]
-        syntaxes = syntaxes or [IMPLICIT_VR_LE]
+        # An identifier carries no pixel data: the configured uncompressed syntaxes, in their
+        # order (Implicit VR Little Endian, the DICOM default, when none is configured).
+        syntaxes = [ts for ts in settings.transfer_syntaxes if ts in UNCOMPRESSED_TRANSFER_SYNTAXES]
         for sop_class in (*MOVE_SOP_CLASSES, *GET_SOP_CLASSES):
-            ae.add_supported_context(sop_class, syntaxes)
+            ae.add_supported_context(sop_class, syntaxes or [IMPLICIT_VR_LE])
         # C-GET sends its C-STOREs on the requestor's association, on storage contexts the
         # requestor proposed with SCP/SCU role selection; accept whatever roles it proposes
         # (a context proposed without role selection keeps the default roles).
@@ -520,26 +429,25 @@ class RetrieveService:
             raise RetrieveRefused(
                 STATUS_UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}"
             ) from exc
-        return identifier, check_identifier(identifier, request.model)
+        try:
+            level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+        except Exception:  # resolve_instances says why
+            level = ""
+        return identifier, level or "(no level)"
 
     def _resolve(self, identifier: Dataset, model: str) -> list[InstanceRecord]:
         assert self._server is not None
-        resolver = self._resolver or _default_resolver()
         try:
-            instances = resolver(self._server.archive, identifier, model)
-        except RetrieveRefused:
-            raise
+            instances = self._resolver(self._server.archive, identifier, model)
+        except QueryError as exc:
+            # The identifier does not fit the model (A900) or cannot be processed (C000).
+            raise RetrieveRefused(exc.status, exc.comment) from exc
         except (sqlite3.Error, OSError) as exc:
             LOG.exception("matching a retrieve identifier failed")
             raise RetrieveRefused(
                 STATUS_UNABLE_TO_CALCULATE, f"cannot read the archive index: {exc}"
             ) from exc
         except Exception as exc:
-            status = getattr(exc, "status", None)
-            if isinstance(status, int):
-                # The matching engine says why it cannot match (A900, C000 ...).
-                comment = str(getattr(exc, "comment", "") or exc)
-                raise RetrieveRefused(status, comment) from exc
             LOG.exception("matching a retrieve identifier failed")
             raise RetrieveRefused(STATUS_UNABLE_TO_CALCULATE, f"matching failed: {exc}") from exc
         if len(instances) > MAX_SUBOPERATIONS:
@@ -550,7 +458,7 @@ class RetrieveService:
         return instances
 
     def _refuse(self, request: _Request, what: str, refused: RetrieveRefused) -> None:
-        request.respond(refused.status, comment=refused.comment, offending=refused.offending)
+        request.respond(refused.status, comment=refused.comment)
         if refused.status != STATUS_NOT_AUTHORIZED:  # refuse_service has logged that one
             LOG.error("%s refused with 0x%04X: %s", what, refused.status, refused.comment)
 
