@@ -29,6 +29,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from appliance.dicom_classes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
@@ -70,6 +71,9 @@ CREATE TABLE IF NOT EXISTS studies (
     updated_at REAL
 );
 CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_id);
+-- C-FIND narrows by these (appliance.query); names are matched in Python (wildcards, case).
+CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession_number);
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY,
     study_uid TEXT,
@@ -79,7 +83,8 @@ CREATE TABLE IF NOT EXISTS series (
     body_part TEXT,
     series_date TEXT,
     series_time TEXT,
-    updated_at REAL
+    updated_at REAL,
+    protocol_name TEXT
 );
 CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
 CREATE TABLE IF NOT EXISTS instances (
@@ -94,7 +99,8 @@ CREATE TABLE IF NOT EXISTS instances (
     size INTEGER NOT NULL,
     source_ae TEXT,
     received_at REAL,
-    content_hash TEXT
+    content_hash TEXT,
+    image_id TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
@@ -224,6 +230,9 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
+    if isinstance(value, MultiValue):
+        # As DICOM writes them (A\B), not as pydicom prints a list; C-FIND returns them.
+        return "\\".join(str(item).strip() for item in value)
     return str(value).strip()
 
 
@@ -261,6 +270,9 @@ class Archive:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._add_column("instances", "content_hash", "TEXT")
+        # Query keys (appliance.query): Protocol Name at SERIES, Image ID at IMAGE level.
+        self._add_column("series", "protocol_name", "TEXT")
+        self._add_column("instances", "image_id", "TEXT")
 
     def _add_column(self, table: str, column: str, declaration: str) -> None:
         """Bring an index made by an older version up to the schema."""
@@ -431,12 +443,16 @@ class Archive:
                     ),
                 )
                 self._db.execute(
-                    "INSERT INTO series VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(series_uid)"
+                    # Named columns: an index migrated by _add_column has them in another order.
+                    "INSERT INTO series (series_uid, study_uid, modality, series_number,"
+                    " series_description, body_part, series_date, series_time, updated_at,"
+                    " protocol_name) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(series_uid)"
                     " DO UPDATE SET study_uid=excluded.study_uid, modality=excluded.modality,"
                     " series_number=excluded.series_number,"
                     " series_description=excluded.series_description,"
                     " body_part=excluded.body_part, series_date=excluded.series_date,"
-                    " series_time=excluded.series_time, updated_at=excluded.updated_at",
+                    " series_time=excluded.series_time, updated_at=excluded.updated_at,"
+                    " protocol_name=excluded.protocol_name",
                     (
                         series_uid,
                         study_uid,
@@ -447,10 +463,14 @@ class Archive:
                         _text(ds, "SeriesDate"),
                         _text(ds, "SeriesTime"),
                         now,
+                        _text(ds, "ProtocolName"),
                     ),
                 )
                 self._db.execute(
-                    "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,"
+                    " series_uid, study_uid, instance_number, transfer_syntax, charset, path,"
+                    " size, source_ae, received_at, content_hash, image_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         _text(ds, "SOPInstanceUID"),
                         _text(ds, "SOPClassUID"),
@@ -464,6 +484,7 @@ class Archive:
                         source_ae,
                         now,
                         digest,
+                        _text(ds, "ImageID"),
                     ),
                 )
                 self._db.execute("COMMIT")

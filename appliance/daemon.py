@@ -13,6 +13,7 @@ from appliance.archive import Archive
 from appliance.commitment import CommitmentService
 from appliance.config import ConfigError, ConfigStore, Settings
 from appliance.network import DicomServer
+from appliance.qr_scp import FindService
 from appliance.retrieve_scp import RetrieveService
 from appliance.sd_notify import sd_notify
 
@@ -67,7 +68,9 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     )
     archive.recover()
     commitment = CommitmentService(data_dir)
-    server = DicomServer(settings, store, archive, services=[RetrieveService(), commitment])
+    server = DicomServer(
+        settings, store, archive, services=[FindService(), RetrieveService(), commitment]
+    )
     try:
         server.start()
     except OSError as exc:

@@ -46,6 +46,9 @@ BAD_VALUES = [
     ("shutdown_timeout", -1, "0..3600"),
     ("shutdown_timeout", 3601, "0..3600"),
     ("commitment_timeout", 0, "1..86400"),
+    ("query_case_insensitive_names", "perhaps", "true or false"),
+    ("max_query_matches", -1, "0..1000000"),
+    ("max_query_matches", 1_000_001, "0..1000000"),
 ]
 
 GOOD_VALUES = [
@@ -70,6 +73,8 @@ GOOD_VALUES = [
     ("duplicate_policy", "keep-first", "keep-first"),
     ("shutdown_timeout", "0", 0),
     ("commitment_timeout", "600", 600),
+    ("query_case_insensitive_names", "off", False),
+    ("max_query_matches", "500", 500),
 ]
 
 
