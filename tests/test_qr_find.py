@@ -995,3 +995,81 @@ def test_query_is_fast_enough_for_the_bench_sizes(tmp_path):
     )
     assert count == 10
     assert max(by_name, by_date, by_series) < 0.05, (by_name, by_date, by_series)
+
+
+# --- the encoding of answers ------------------------------------------------------------------
+
+
+def test_direct_encoding_equals_pydicom(tmp_path):
+    """Pending identifiers are encoded without pydicom; the bytes are pydicom's."""
+    from pynetdicom.dsutils import encode
+
+    from appliance.query import STUDY_ROOT as MODEL
+    from appliance.query import Match, build_response, encode_response, parse_query
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    query.PatientName = ""
+    query.StudyDate = ""
+    query.ModalitiesInStudy = ""
+    query.NumberOfStudyRelatedInstances = ""
+    query.PatientWeight = ""  # unsupported: returned empty
+    query.InstanceAvailability = ""
+    parsed = parse_query(query, MODEL)
+    match = Match(
+        "1.2.3",
+        "",
+        "P1",
+        {"StudyInstanceUID": "1.2.3", "PatientName": "DOE^JOHN", "StudyDate": "20240101"},
+        {"ModalitiesInStudy": ["CT", "MR"], "NumberOfStudyRelatedInstances": 5},
+    )
+    for implicit in (True, False):
+        direct = encode_response(parsed, match, "APPLIANCE", implicit_vr=implicit)
+        assert direct is not None
+        assert direct == encode(build_response(parsed, match, "APPLIANCE"), implicit, True)
+    # Text outside ASCII needs a character set: left to pydicom.
+    latin = Match("1.2.3", "ISO_IR 100", "P1", {"PatientName": "Müller^Jürgen"})
+    assert encode_response(parsed, latin, "APPLIANCE", implicit_vr=True) is None
+
+
+def test_big_endian_context(archive):
+    daemon, corpus, root = archive
+    outcome = findscu(
+        daemon,
+        root,
+        "QueryRetrieveLevel=STUDY",
+        "PatientID=PAT001",
+        "StudyInstanceUID",
+        "PatientName",
+        "NumberOfStudyRelatedInstances",
+        extra=["-xb"],  # propose Explicit VR Big Endian only
+    )
+    assert "BigEndianExplicit" in outcome.output or "Big Endian" in outcome.output
+    assert_success(outcome)
+    assert studies(outcome, corpus) == {"S1", "S2"}
+    assert {r.NumberOfStudyRelatedInstances for r in outcome.responses} == {5, 1}
+
+
+def test_answers_larger_than_the_peer_max_pdu_are_fragmented(archive):
+    daemon, corpus, _root = archive
+    ae = client_ae("PYFIND")
+    ae.maximum_pdu_size = 512  # the identifier below is larger
+    ae.add_requested_context(STUDY_ROOT)
+    assoc = ae.associate(LOOPBACK, daemon.port, ae_title=daemon.ae_title)
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = corpus.study["S1"]
+        query.PatientName = ""
+        for element in range(0x1000, 0x1060):  # private keys: unsupported, returned empty
+            query.add_new((0x0029, element), "LO", "")
+        responses = list(assoc.send_c_find(query, STUDY_ROOT))
+    finally:
+        assoc.release()
+    statuses = [int(status.Status) for status, _ in responses]
+    assert statuses == [0xFF01, 0x0000]
+    identifier = responses[0][1]
+    assert str(identifier.PatientName) == "DOE^JOHN"
+    assert len(identifier) == 2 + 0x60 + 3  # the keys asked for, and the three extras
