@@ -912,6 +912,19 @@ class CommitmentService:
         request: IncomingRequest,
         response_sent: threading.Event,
     ) -> None:
+        try:
+            self._check_and_report(assoc, context_id, request, response_sent)
+        except Exception:
+            # The request stays in commitments.json; the next start checks and reports it.
+            LOG.exception("commitment request %s failed", request.transaction_uid)
+
+    def _check_and_report(
+        self,
+        assoc: Association,
+        context_id: int,
+        request: IncomingRequest,
+        response_sent: threading.Event,
+    ) -> None:
         settings = self.server.settings
         responded = response_sent.wait(settings.dimse_timeout)
         responded_at = time.monotonic()
