@@ -118,7 +118,15 @@ def cmd_query(args: argparse.Namespace, store: ConfigStore) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace, store: ConfigStore) -> int:
-    from appliance.qr_scu import FAILURE, WARNING, Progress, QueryError, plan_retrieve, retrieve
+    from appliance.qr_scu import (
+        FAILURE,
+        WARNING,
+        Progress,
+        QueryError,
+        plan_retrieve,
+        retrieve,
+        retrieve_header,
+    )
 
     node = store.node(args.node)
     settings = store.settings()
@@ -134,7 +142,7 @@ def cmd_retrieve(args: argparse.Namespace, store: ConfigStore) -> int:
         if args.json:
             report = retrieve(settings, node, request, store.data_dir, method=method)
         else:
-            print(_header(node.name, node.ae_title, method, settings.ae_title), flush=True)
+            print(retrieve_header(node, method, settings.ae_title), flush=True)
 
             def show(step: Progress) -> None:
                 print(step.line(), flush=True)
@@ -157,8 +165,3 @@ def cmd_retrieve(args: argparse.Namespace, store: ConfigStore) -> int:
     if report.outcome == WARNING:
         return EXIT_WARNINGS
     return EXIT_OK
-
-
-def _header(name: str, ae_title: str, method: str, our_ae: str) -> str:
-    how = f"C-MOVE to {our_ae}" if method == "move" else "C-GET"
-    return f"retrieve from {name} ({ae_title}) by {how}"

@@ -556,7 +556,8 @@ def query(
     result.outcome = found.outcome
     if found.cancelled and found.status is not None:
         final = f"0x{found.status:04X}"
-        result.message = f"stopped after {limit} matches: C-CANCEL sent, final status {final}"
+        noun = "match" if limit == 1 else "matches"
+        result.message = f"stopped after {limit} {noun}: C-CANCEL sent, final status {final}"
     if found.optional_keys_unsupported:
         result.notes.append("the node does not support some of the optional keys (0xFF01)")
     missing = missing_parent_keys(level, model, keys)
@@ -868,9 +869,7 @@ class RetrieveReport:
         return SUCCESS
 
     def header(self) -> str:
-        node = self.node
-        how = f"C-MOVE to {self.destination}" if self.method == "move" else "C-GET"
-        return f"retrieve from {node.name} ({node.ae_title}@{node.host}:{node.port}) by {how}"
+        return retrieve_header(self.node, self.method, self.destination)
 
     def problem_lines(self) -> list[str]:
         return [i.line() for i in self.instances if i.outcome != RECEIVED]
@@ -945,6 +944,11 @@ class RetrieveReport:
             "requests": [r.as_dict() for r in self.requests],
             "instances": [i.as_dict() for i in self.instances],
         }
+
+
+def retrieve_header(node: Node, method: str, our_ae_title: str) -> str:
+    how = f"C-MOVE to {our_ae_title}" if method == "move" else "C-GET"
+    return f"retrieve from {node.name} ({node.ae_title}@{node.host}:{node.port}) by {how}"
 
 
 def get_contexts(

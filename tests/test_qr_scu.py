@@ -274,7 +274,7 @@ def test_limit_stops_after_n_matches(pacs, pacs_data, move_daemon):
     assert result.returncode == EXIT_OK, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3  # header, one row, summary
-    assert "stopped after 1 matches" in lines[-1]
+    assert "stopped after 1 match: C-CANCEL sent" in lines[-1]
 
 
 # --- retrieve from Orthanc ---------------------------------------------------------------------
@@ -333,6 +333,33 @@ def test_retrieve_by_get_stores_into_the_archive_without_a_daemon(pacs, pacs_dat
             assert stored.PixelData == sent.PixelData
     finally:
         archive.close()
+
+
+def test_retrieve_several_studies_and_one_image_by_get(pacs, pacs_data, tmp_path):
+    data_dir = tmp_path / "get-many"
+    data_dir.mkdir()
+    add_node(data_dir, "pacs", "ORTHANC", pacs.dicom_port)
+    assert cli(data_dir, "config", "set", "disk_reserve_mb", "1").returncode == 0
+    doe, mueller = pacs_data.doe, pacs_data.mueller
+
+    series_uid, uids = next(iter(mueller.series.items()))
+    one = cli(
+        data_dir, "retrieve", "pacs", "--method", "get", "--study", mueller.uid,
+        "--series", series_uid, "--image", uids[0], "--json",
+    )  # fmt: skip
+    assert one.returncode == EXIT_OK, one.stderr
+    report = json.loads(one.stdout)
+    assert report["level"] == "IMAGE" and report["summary"]["received"] == 1
+    assert archived(data_dir, mueller.instances) == {uids[0]}
+
+    both = cli(
+        data_dir, "retrieve", "pacs", "--method", "get", "--study", doe.uid, "--study", mueller.uid
+    )
+    assert both.returncode == EXIT_OK, both.stdout + both.stderr
+    assert "6 of 6 instances received" in both.stdout
+    assert "2 requests, all 0x0000 Success" in both.stdout
+    everything = doe.instances + mueller.instances
+    assert archived(data_dir, everything) == set(everything)
 
 
 def test_get_failures_are_reported_per_instance(pacs, pacs_data, tmp_path):
