@@ -24,7 +24,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom import config
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -90,8 +90,8 @@ def _unprocessable(comment: str) -> QueryError:
 
 # --- the keys ---------------------------------------------------------------------------------
 
-# How a key is matched. Counts and "ONLINE" are return keys only (PS3.4 C.6.1.1: no matching).
-UID, TEXT, PN, DATE, TIME, NUMBER, SET, COUNT, CONSTANT = (
+# How a key is matched. Counts are return keys only (PS3.4 C.6.1.1: no matching on them).
+UID, TEXT, PN, DATE, TIME, NUMBER, SET, COUNT = (
     "uid",
     "text",
     "pn",
@@ -100,7 +100,6 @@ UID, TEXT, PN, DATE, TIME, NUMBER, SET, COUNT, CONSTANT = (
     "number",
     "set",
     "count",
-    "constant",
 )
 
 
@@ -227,11 +226,6 @@ def _entity_level(key: Key, model: str) -> str:
     if model == STUDY_ROOT and key.entity == "PATIENT":
         return "STUDY"
     return key.entity
-
-
-def keys_for_level(model: str, level: str) -> list[Key]:
-    """The keys matched and returned at ``level`` of ``model`` (for the conformance tables)."""
-    return [key for key in _KEYS if _entity_level(key, model) == level]
 
 
 # --- matching values ------------------------------------------------------------------------
@@ -471,10 +465,6 @@ class Query:
     computed_conditions: dict[str, Callable[[list[str]], bool]]  # SET keys matched on values
     unsupported: list[str]
 
-    @property
-    def all_keys_supported(self) -> bool:
-        return not self.unsupported
-
 
 def _level_of(identifier: Dataset, model: str) -> str:
     levels = LEVELS[model]
@@ -606,7 +596,7 @@ def _key_condition(
     computed: dict[str, Callable[[list[str]], bool]],
 ) -> _Condition | None:
     keyword = key.keyword
-    if key.kind in (COUNT, CONSTANT):
+    if key.kind == COUNT:
         return None  # return keys only; a value given for them is not a condition
     if key.kind == SET:
         plain = all(not _is_wildcard(v) for v in values)
@@ -1135,10 +1125,3 @@ def resolve_instances(
         )
         for row in rows
     ]
-
-
-def tag_keyword(keyword: str) -> int:
-    """The tag of a keyword (for tests and the conformance tables)."""
-    tag = tag_for_keyword(keyword)
-    assert tag is not None, keyword
-    return int(tag)
