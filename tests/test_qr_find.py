@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -1073,3 +1074,62 @@ def test_answers_larger_than_the_peer_max_pdu_are_fragmented(archive):
     identifier = responses[0][1]
     assert str(identifier.PatientName) == "DOE^JOHN"
     assert len(identifier) == 2 + 0x60 + 3  # the keys asked for, and the three extras
+
+
+def test_names_in_every_character_set_are_found_and_returned(daemon_factory, tmp_path):
+    """pydicom's character set samples (Latin-1, Greek, Arabic, Hebrew, Cyrillic, Japanese in
+    ISO 2022 IR 13/87, Korean, UTF-8, GB18030): a UTF-8 query for each stored name finds its
+    study, and the answer decodes to the same name."""
+    from pydicom.data import get_charset_files
+
+    daemon = daemon_factory().start()
+    samples = [
+        path
+        for path in sorted(get_charset_files("chr*.dcm"))
+        if "SQEncoding" not in path and "Multi" not in path and "IR6" not in path
+    ]
+    datasets = {path: dcmread(path) for path in samples}
+    store(daemon, [Path(path) for path in samples])
+    assert len(samples) >= 10
+    for path, ds in datasets.items():
+        name = str(ds.PatientName)
+        query = _query_file(
+            tmp_path / f"q-{Path(path).stem}.dcm",
+            "ISO_IR 192",
+            PatientName=name,
+            StudyInstanceUID="",
+            PatientID="",
+        )
+        outcome = findscu(daemon, tmp_path, query_file=query)
+        assert_success(outcome)
+        assert [r.StudyInstanceUID for r in outcome.responses] == [ds.StudyInstanceUID], path
+        response = outcome.responses[0]
+        assert str(response.PatientName) == name, path
+        assert response.PatientID == ds.PatientID
+        # The stored set when it can carry the answer, UTF-8 otherwise.
+        stored = ds.SpecificCharacterSet
+        assert response.SpecificCharacterSet in (stored, "ISO_IR 192"), path
+
+
+def test_answer_falls_back_to_utf8_when_the_stored_set_cannot_carry_it():
+    from pynetdicom.dsutils import decode, encode
+
+    from appliance.query import STUDY_ROOT as MODEL
+    from appliance.query import Match, build_response, parse_query
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = ""
+    query.StudyDescription = ""
+    parsed = parse_query(query, MODEL)
+    # A Latin-1 study of a patient whose name came with a later, Japanese instance.
+    match = Match(
+        "1.2", "ISO_IR 100", "P", {"PatientName": JAPANESE_NAME, "StudyDescription": "Schädel"}
+    )
+    response = build_response(parsed, match, "APPLIANCE")
+    assert response.SpecificCharacterSet == "ISO_IR 192"
+    back = decode(BytesIO(encode(response, True, True)), True, True)
+    assert (str(back.PatientName), back.StudyDescription) == (JAPANESE_NAME, "Schädel")
+    # Latin-1 text alone stays in the stored set.
+    latin = Match("1.2", "ISO_IR 100", "P", {"PatientName": "Müller", "StudyDescription": "Kopf"})
+    assert build_response(parsed, latin, "APPLIANCE").SpecificCharacterSet == "ISO_IR 100"
