@@ -23,7 +23,7 @@ from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import decode, encode
@@ -107,10 +107,6 @@ class FindService:
     def add_contexts(self, ae: AE, settings: Settings) -> None:
         for sop_class in FIND_SOP_CLASSES:
             ae.add_supported_context(sop_class, find_transfer_syntaxes(settings))
-        # pynetdicom formats every request and response identifier for its debug log even
-        # when that log is off, which costs more than the matching on a long result list.
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        _config.LOG_RESPONSE_IDENTIFIERS = False
 
     def handlers(self, server: DicomServer) -> EventHandlers:
         self._server = server
