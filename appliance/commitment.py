@@ -389,14 +389,18 @@ class CommitmentStore:
     def prune(self, older_than: float) -> int:
         """Drop finished transactions last touched before ``older_than`` (a time.time())."""
         q = Query()
+        finished_incoming = q.state.one_of([DELIVERED, GAVE_UP]) & (q.received_at < older_than)
+        finished_outgoing = q.state.one_of([REPORTED, REFUSED, WAITING, REQUESTING]) & (
+            q.deadline < older_than
+        )
+        dropped = 0
         with self._locked():
-            dropped = self._incoming.remove(
-                q.state.one_of([DELIVERED, GAVE_UP]) & (q.received_at < older_than)
-            )
-            dropped += self._outgoing.remove(
-                q.state.one_of([REPORTED, REFUSED, WAITING, REQUESTING]) & (q.deadline < older_than)
-            )
-        return len(dropped)
+            # tinydb rewrites the file on every remove(), even one that matches nothing.
+            if self._incoming.contains(finished_incoming):
+                dropped += len(self._incoming.remove(finished_incoming))
+            if self._outgoing.contains(finished_outgoing):
+                dropped += len(self._outgoing.remove(finished_outgoing))
+        return dropped
 
 
 # --- Action and Event Information ------------------------------------------------------------

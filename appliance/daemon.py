@@ -12,6 +12,7 @@ from types import FrameType
 from appliance.archive import Archive
 from appliance.commitment import CommitmentService
 from appliance.config import ConfigError, ConfigStore, Settings
+from appliance.fileio import remove_stale_partials
 from appliance.network import DicomServer
 from appliance.qr_scp import FindService
 from appliance.retrieve_scp import RetrieveService
@@ -44,6 +45,9 @@ def effective_settings(
 
 def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = None) -> int:
     configure_logging()
+    if Path(data_dir).is_dir():
+        for leftover in remove_stale_partials(data_dir):
+            LOG.warning("removed %s, left by a writer that was killed", leftover.name)
     try:
         store = ConfigStore(data_dir)
         settings = effective_settings(store, port, ae_title)

@@ -16,6 +16,37 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def remove_stale_partials(directory: Path) -> list[Path]:
+    """Remove temporary files that a writer killed mid-write left in ``directory`` (not its
+    subfolders). A file whose writer (the pid in its name) is still alive is left alone: a CLI
+    may be writing the configuration right now."""
+    removed = []
+    for path in Path(directory).glob(f".*{PARTIAL_SUFFIX}"):
+        if _writer_alive(path):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _writer_alive(partial: Path) -> bool:
+    parts = partial.name.split(".")
+    # ".{name}.{pid}.{token}.part": the pid is the third field from the end.
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: Path, *chunks: bytes) -> None:
     """Write ``chunks`` to ``path`` so that ``path`` is either the old file or the whole new one.
 
