@@ -6,9 +6,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -84,6 +84,55 @@ def error_status(status: int, comment: str) -> Dataset:
 
 
 EventHandlers = list[tuple[evt.EventType, Callable]]
+
+
+def serve_requests_ourselves(
+    assoc: Association,
+    message_types: tuple[type, ...],
+    sop_classes: Collection[str],
+    serve: Callable[[Any, PresentationContext], None],
+    what: str,
+) -> None:
+    """Route this association's requests of ``message_types`` on contexts of ``sop_classes`` to
+    ``serve(msg, context)`` instead of pynetdicom's service classes; others go on as before.
+
+    Call it from EVT_ACCEPTED: that runs on the association's own thread before it reads any
+    request, so the dispatcher is replaced before a request can reach it. Wrappers chain, so
+    several services can each take their own requests on one association.
+    """
+    if not any(str(cx.abstract_syntax) in sop_classes for cx in assoc.accepted_contexts):
+        return
+    original = assoc._serve_request
+
+    def serve_request(msg: Any, context_id: int) -> None:
+        context = assoc._accepted_cx.get(context_id)
+        if not (
+            isinstance(msg, message_types)
+            # Answerable; a request without an identifier gets an error status from us
+            # rather than silence from pynetdicom.
+            and msg.MessageID is not None
+            and msg.AffectedSOPClassUID is not None
+            and not assoc._sent_release
+            and context is not None
+            and str(context.abstract_syntax) in sop_classes
+        ):
+            original(msg, context_id)
+            return
+        # What pynetdicom's dispatcher does around a service class: C-CANCELs received before
+        # this request are not for it, and the reactor (this thread) is not reading messages
+        # while the request is served, which send_c_store() of C-GET sub-operations waits for.
+        assoc.dimse.cancel_req = {}
+        assoc._is_paused = True
+        try:
+            serve(msg, context)
+        except Exception:
+            LOG.exception("%s from %s failed; aborting", what, assoc.requestor.address)
+            assoc.abort(block=False)
+        finally:
+            assoc._is_paused = False
+            assoc.dimse.cancel_req = {}
+
+    assoc._serve_request = serve_request  # type: ignore[method-assign]
 
 
 class ScpService(Protocol):

@@ -32,7 +32,7 @@ from pynetdicom.presentation import PresentationContext
 
 from appliance.config import Settings
 from appliance.dicom_classes import IMPLICIT_VR_LE, UNCOMPRESSED_TRANSFER_SYNTAXES
-from appliance.network import DicomServer, EventHandlers, error_status
+from appliance.network import DicomServer, EventHandlers, error_status, serve_requests_ourselves
 from appliance.query import (
     FIND_SOP_CLASSES,
     STATUS_IDENTIFIER_MISMATCH,
@@ -186,41 +186,14 @@ class FindService:
     # --- serving a request ----------------------------------------------------------------
 
     def _on_accepted(self, event: evt.Event) -> None:
-        # EVT_ACCEPTED runs on the association's own thread before it reads any request, so
-        # the dispatcher is wrapped before a request can reach it.
         assoc = event.assoc
-        if not any(str(cx.abstract_syntax) in FIND_SOP_CLASSES for cx in assoc.accepted_contexts):
-            return
-        original = assoc._serve_request
-
-        def serve_request(msg: object, context_id: int) -> None:
-            context = assoc._accepted_cx.get(context_id)
-            if (
-                isinstance(msg, C_FIND)
-                and msg.MessageID is not None
-                and msg.AffectedSOPClassUID is not None
-                and not assoc._sent_release
-                and context is not None
-                and str(context.abstract_syntax) in FIND_SOP_CLASSES
-            ):
-                self._serve(assoc, msg, context)
-            else:
-                original(msg, context_id)  # type: ignore[arg-type]
-
-        assoc._serve_request = serve_request  # type: ignore[method-assign]
-
-    def _serve(self, assoc: Association, msg: C_FIND, context: PresentationContext) -> None:
-        """What pynetdicom's dispatcher does around a service class, for our C-FINDs."""
-        assoc.dimse.cancel_req = {}  # C-CANCELs received before this request are not for it
-        assoc._is_paused = True
-        try:
-            self._answer(assoc, msg, context)
-        except Exception:
-            LOG.exception("C-FIND from %s failed; aborting", assoc.requestor.address)
-            assoc.abort()
-        finally:
-            assoc._is_paused = False
-            assoc.dimse.cancel_req = {}
+        serve_requests_ourselves(
+            assoc,
+            (C_FIND,),
+            FIND_SOP_CLASSES,
+            lambda msg, context: self._answer(assoc, msg, context),
+            "C-FIND",
+        )
 
     def _answer(self, assoc: Association, msg: C_FIND, context: PresentationContext) -> None:
         transfer_syntax = UID(context.transfer_syntax[0])

@@ -37,7 +37,7 @@ from appliance.dicom_classes import (
     STORAGE_SOP_CLASSES,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
 )
-from appliance.network import DicomServer, EventHandlers
+from appliance.network import DicomServer, EventHandlers, serve_requests_ourselves
 from appliance.query import (
     PATIENT_ROOT,
     PATIENT_STUDY_ONLY,
@@ -217,53 +217,23 @@ class RetrieveService:
     # --- dispatch ----------------------------------------------------------------------
 
     def _on_accepted(self, event: evt.Event) -> None:
-        # EVT_ACCEPTED runs on the association's own thread before it starts reading requests,
-        # so the dispatcher is replaced before any request can reach it.
         assoc = event.assoc
-        ours = {*MOVE_SOP_CLASSES, *GET_SOP_CLASSES}
-        if not any(str(cx.abstract_syntax) in ours for cx in assoc.accepted_contexts):
-            return
-        original = assoc._serve_request
-
-        def serve_request(msg: object, context_id: int) -> None:
-            context = assoc._accepted_cx.get(context_id)
-            if (
-                isinstance(msg, (C_MOVE, C_GET))
-                # Answerable; a request without an identifier gets A900 here rather than
-                # silence from pynetdicom.
-                and msg.MessageID is not None
-                and msg.AffectedSOPClassUID is not None
-                and not assoc._sent_release
-                and context is not None
-                and str(context.abstract_syntax) in ours
-            ):
-                self._serve(assoc, msg, context)
-            else:
-                original(msg, context_id)  # type: ignore[arg-type]
-
-        assoc._serve_request = serve_request  # type: ignore[method-assign]
+        serve_requests_ourselves(
+            assoc,
+            (C_MOVE, C_GET),
+            {*MOVE_SOP_CLASSES, *GET_SOP_CLASSES},
+            lambda msg, context: self._serve(assoc, msg, context),
+            "C-MOVE/C-GET",
+        )
 
     def _serve(self, assoc: Association, msg: C_MOVE | C_GET, context: PresentationContext) -> None:
-        """What pynetdicom's dispatcher does around a service class, for our requests."""
-        # C-CANCELs received before this request cannot be for it.
-        assoc.dimse.cancel_req = {}
-        # send_c_store() (C-GET sub-operations) waits for this flag: the reactor, which is
-        # this thread, is not reading messages while a request is being served.
-        assoc._is_paused = True
-        try:
-            abstract = str(context.abstract_syntax)
-            model = MOVE_SOP_CLASSES.get(abstract) or GET_SOP_CLASSES[abstract]
-            request = _Request(assoc, msg, context, model, _peer(assoc))
-            if isinstance(msg, C_MOVE):
-                self._move(request)
-            else:
-                self._get(request)
-        except Exception:
-            LOG.exception("C-MOVE/C-GET from %s failed; aborting", assoc.requestor.address)
-            assoc.abort(block=False)
-        finally:
-            assoc._is_paused = False
-            assoc.dimse.cancel_req = {}
+        abstract = str(context.abstract_syntax)
+        model = MOVE_SOP_CLASSES.get(abstract) or GET_SOP_CLASSES[abstract]
+        request = _Request(assoc, msg, context, model, _peer(assoc))
+        if isinstance(msg, C_MOVE):
+            self._move(request)
+        else:
+            self._get(request)
 
     # --- C-MOVE ------------------------------------------------------------------------
 
