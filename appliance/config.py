@@ -16,13 +16,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from appliance.dicom_classes import SUPPORTED_TRANSFER_SYNTAXES
 from appliance.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from appliance.jobs import RetryPolicy
 
 CONFIG_FILE = "config.json"
 NODE_SERVICES = ("echo", "store", "find", "move", "get", "commitment")
@@ -107,6 +110,27 @@ def _bool(field_name: str, value: object) -> bool:
     if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
         return False
     raise ConfigError(field_name, f"{value!r} is not a boolean (true or false)")
+
+
+def _float_range(lo: float, hi: float) -> Callable[[str, object], float]:
+    def check(field_name: str, value: object) -> float:
+        if isinstance(value, bool):
+            raise ConfigError(field_name, f"must be a number in {lo}..{hi}")
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(field_name, f"{value!r} is not a number ({lo}..{hi})") from None
+        if not lo <= number <= hi:
+            raise ConfigError(field_name, f"{number:g} is out of range: allowed {lo}..{hi}")
+        return number
+
+    return check
+
+
+def _group_name(field_name: str, value: object) -> str:
+    if not isinstance(value, str) or (value and not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value)):
+        raise ConfigError(field_name, f"{value!r} is not a group name")
+    return value
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str, object], str]:
@@ -229,6 +253,39 @@ class Settings:
         "seconds to wait for a storage commitment report before showing instances uncommitted",
     )
 
+    job_workers: int = _setting(
+        4, _int_range(1, 64), "jobs run at the same time (send, retrieve, print, burn, ...)"
+    )
+    node_concurrency: int = _setting(
+        1, _int_range(1, 16), "jobs running against one node (one association each) at a time"
+    )
+    retry_max_attempts: int = _setting(
+        10, _int_range(1, 1000), "default attempts of a job before it fails"
+    )
+    retry_first_delay: float = _setting(
+        30.0, _float_range(0, 86400), "default seconds before a failed job's first retry"
+    )
+    retry_multiplier: float = _setting(
+        2.0, _float_range(1, 10), "default factor by which each retry delay grows"
+    )
+    retry_max_delay: float = _setting(
+        600.0, _float_range(0, 86400), "default longest delay between retries, seconds"
+    )
+    job_retention_days: float = _setting(
+        30.0, _float_range(0, 3650), "days a finished job is kept in the history"
+    )
+    job_retention_count: int = _setting(
+        10000, _int_range(0, 10_000_000), "most finished jobs kept in the history"
+    )
+    routing_quiet_seconds: float = _setting(
+        30.0,
+        _float_range(0, 86400),
+        "auto-routing forwards a study once no instance of it arrived for this many seconds",
+    )
+    control_group: str = _setting(
+        "", _group_name, "group allowed to use the control socket (empty: the daemon's group)"
+    )
+
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
@@ -313,9 +370,11 @@ class ConfigStore:
         self._db = TinyDB(str(self.path), storage=AtomicJSONStorage)
         self._settings_table = self._db.table("settings")
         self._nodes_table = self._db.table("nodes")
+        self._retry_table = self._db.table("retry_policies")
         # Refuse to go on with a bad file rather than guess: validate everything now.
         self.settings()
         self.nodes()
+        self.retry_policies()
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -327,6 +386,7 @@ class ConfigStore:
                 self._db.clear_cache()
                 self._settings_table.clear_cache()
                 self._nodes_table.clear_cache()
+                self._retry_table.clear_cache()
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -386,6 +446,81 @@ class ConfigStore:
         with self._writer():
             if not self._nodes_table.remove(Query().name == name):
                 raise ConfigError("node", f"no node named {name!r}")
+
+    # retry policies: "kind:<job kind>" and "node:<node name>" scopes over the default settings
+
+    def retry_policies(self) -> dict[str, dict[str, float]]:
+        """Stored overrides by scope, validated."""
+        from appliance.jobs import JOB_KINDS, JobError, RetryPolicy
+
+        with self._lock:
+            self._retry_table.clear_cache()
+            docs = [dict(doc) for doc in self._retry_table.all()]
+        policies: dict[str, dict[str, float]] = {}
+        for doc in docs:
+            scope = str(doc.pop("scope", ""))
+            kind, _, name = scope.partition(":")
+            if (
+                kind not in ("kind", "node")
+                or not name
+                or (kind == "kind" and name not in JOB_KINDS)
+            ):
+                raise ConfigError(
+                    "retry_policies", f"{scope!r} is not kind:<job kind> or node:<name>"
+                )
+            try:
+                RetryPolicy.validated(doc)
+            except JobError as exc:
+                raise ConfigError(f"retry_policies[{scope}]", str(exc)) from None
+            policies[scope] = doc
+        return policies
+
+    def retry_policy(self, kind: str, node: str | None = None) -> RetryPolicy:
+        """Defaults from the settings, then the job kind's override, then the node's."""
+        from appliance.jobs import RetryPolicy
+
+        settings = self.settings()
+        policy = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            first_delay=settings.retry_first_delay,
+            multiplier=settings.retry_multiplier,
+            max_delay=settings.retry_max_delay,
+        )
+        policies = self.retry_policies()
+        for scope in (f"kind:{kind}", f"node:{node}" if node else ""):
+            if scope in policies:
+                policy = RetryPolicy.validated(policies[scope], base=policy)
+        return policy
+
+    def set_retry_policy(self, scope: str, values: dict[str, object]) -> dict[str, float]:
+        """Store (merge) an override for ``kind:<kind>`` or ``node:<name>``."""
+        from appliance.jobs import JOB_KINDS, JobError, RetryPolicy
+
+        kind, _, name = scope.partition(":")
+        if kind == "kind" and name not in JOB_KINDS:
+            raise ConfigError("retry.scope", f"{name!r} is not a job kind: {', '.join(JOB_KINDS)}")
+        if kind == "node":
+            self.node(name)
+        elif kind != "kind":
+            raise ConfigError("retry.scope", f"{scope!r} is not kind:<job kind> or node:<name>")
+        with self._writer():
+            existing = self._retry_table.search(Query().scope == scope)
+            merged = {k: v for k, v in (dict(existing[0]) if existing else {}).items()}
+            merged.pop("scope", None)
+            merged.update(values)
+            try:
+                validated = RetryPolicy.validated(merged)
+            except JobError as exc:
+                raise ConfigError(str(exc).split(":")[0], str(exc).partition(": ")[2]) from None
+            stored = {k: getattr(validated, k) for k in merged}
+            self._retry_table.remove(Query().scope == scope)
+            self._retry_table.insert({"scope": scope, **stored})
+        return stored
+
+    def clear_retry_policy(self, scope: str) -> None:
+        with self._writer():
+            if not self._retry_table.remove(Query().scope == scope):
+                raise ConfigError("retry.scope", f"no retry policy for {scope!r}")
 
 
 def load_settings(data_dir: Path) -> Settings:
