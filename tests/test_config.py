@@ -49,6 +49,16 @@ BAD_VALUES = [
     ("query_case_insensitive_names", "perhaps", "true or false"),
     ("max_query_matches", -1, "0..1000000"),
     ("max_query_matches", 1_000_001, "0..1000000"),
+    ("job_workers", 0, "1..64"),
+    ("node_concurrency", 17, "1..16"),
+    ("retry_max_attempts", 0, "1..1000"),
+    ("retry_first_delay", -1, "0..86400"),
+    ("retry_multiplier", 0.5, "1..10"),
+    ("retry_max_delay", "soon", "0..86400"),
+    ("job_retention_days", -1, "0..3650"),
+    ("job_retention_count", -5, "0..10000000"),
+    ("routing_quiet_seconds", 86401, "0..86400"),
+    ("control_group", "Bad Group", "not a group name"),
 ]
 
 GOOD_VALUES = [
@@ -75,6 +85,16 @@ GOOD_VALUES = [
     ("commitment_timeout", "600", 600),
     ("query_case_insensitive_names", "off", False),
     ("max_query_matches", "500", 500),
+    ("job_workers", "8", 8),
+    ("node_concurrency", "2", 2),
+    ("retry_max_attempts", "5", 5),
+    ("retry_first_delay", "0.5", 0.5),
+    ("retry_multiplier", "1.5", 1.5),
+    ("retry_max_delay", "120", 120.0),
+    ("job_retention_days", "7", 7.0),
+    ("job_retention_count", "100000", 100000),
+    ("routing_quiet_seconds", "5", 5.0),
+    ("control_group", "dicom-console", "dicom-console"),
 ]
 
 
