@@ -532,6 +532,34 @@ class Archive:
             names = [d[0] for d in cursor.description]
         return dict(zip(names, row, strict=True)) if row else None
 
+    def study(self, study_uid: str) -> dict[str, str] | None:
+        """The study's index row with its patient's name (``patient_name``)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT s.*, p.patient_name FROM studies s"
+                " LEFT JOIN patients p ON p.patient_id = s.patient_id WHERE s.study_uid=?",
+                (study_uid,),
+            )
+            row = cursor.fetchone()
+            names = [d[0] for d in cursor.description]
+        return dict(zip(names, row, strict=True)) if row else None
+
+    def received_in_study(self, study_uid: str, since: float) -> list[dict[str, object]]:
+        """Instances of a study received (indexed) at ``since`` or later, oldest first: SOP
+        Instance and Class UID, calling AE title (``source_ae``), ``received_at``, ``modality``.
+        Auto-routing rebuilds a batch a crash interrupted from this."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT i.sop_instance_uid, i.sop_class_uid, i.source_ae, i.received_at,"
+                " COALESCE(se.modality, '') AS modality FROM instances i"
+                " LEFT JOIN series se ON se.series_uid = i.series_uid"
+                " WHERE i.study_uid=? AND i.received_at >= ? ORDER BY i.received_at",
+                (study_uid, since),
+            )
+            rows = cursor.fetchall()
+            names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
     def _record(self, row: tuple) -> InstanceRecord:
         return InstanceRecord(
             sop_instance_uid=row[0],

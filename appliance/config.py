@@ -359,6 +359,79 @@ class Node:
         return service in self.services
 
 
+_MODALITY = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+@dataclass
+class RoutingRule:
+    """An auto-routing rule: received instances that match it are forwarded to its destinations.
+
+    Each match list is empty for "any"; an instance matches when it matches every list that is
+    not empty: the calling AE title exactly (after stripping spaces), the modality regardless of
+    case, the SOP Class UID exactly. Destinations are names of configured nodes (checked by
+    ``ConfigStore``, which knows the nodes).
+    """
+
+    name: str
+    calling_aes: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+    sop_classes: list[str] = field(default_factory=list)
+    destinations: list[str] = field(default_factory=list)
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        self.name = _node_name("route.name", self.name)
+        self.calling_aes = _unique(
+            [validate_ae_title("route.calling_aes", v) for v in _as_list(self.calling_aes)]
+        )
+        modalities = []
+        for value in _as_list(self.modalities):
+            modality = value.strip().upper()
+            if not _MODALITY.match(modality):
+                raise ConfigError(
+                    "route.modalities",
+                    f"{value!r} is not a modality (1 to 16 of A-Z 0-9 _ and space, e.g. CT)",
+                )
+            modalities.append(modality)
+        self.modalities = _unique(modalities)
+        sop_classes = []
+        for value in _as_list(self.sop_classes):
+            uid = value.strip()
+            if not _UID.match(uid) or len(uid) > 64:
+                raise ConfigError("route.sop_classes", f"{value!r} is not a SOP Class UID")
+            sop_classes.append(uid)
+        self.sop_classes = _unique(sop_classes)
+        self.destinations = _unique(
+            [_node_name("route.destinations", v.strip()) for v in _as_list(self.destinations)]
+        )
+        if not self.destinations:
+            raise ConfigError("route.destinations", "needs at least one node to forward to")
+        self.enabled = _bool("route.enabled", self.enabled)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> RoutingRule:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"route.{sorted(unknown)[0]}", "unknown routing rule field")
+        if "name" not in data:
+            raise ConfigError("route.name", "is required")
+        return cls(**data)
+
+    def matches(self, *, calling_ae: str, modality: str, sop_class_uid: str) -> bool:
+        """Whether an instance with these attributes meets the rule (enabled or not)."""
+        if self.calling_aes and calling_ae.strip() not in self.calling_aes:
+            return False
+        if self.modalities and modality.strip().upper() not in self.modalities:
+            return False
+        return not self.sop_classes or sop_class_uid.strip() in self.sop_classes
+
+
 class ConfigStore:
     """The appliance's configuration, validated, with one writer at a time."""
 
@@ -371,10 +444,12 @@ class ConfigStore:
         self._settings_table = self._db.table("settings")
         self._nodes_table = self._db.table("nodes")
         self._retry_table = self._db.table("retry_policies")
+        self._routing_table = self._db.table("routing_rules")
         # Refuse to go on with a bad file rather than guess: validate everything now.
         self.settings()
         self.nodes()
         self.retry_policies()
+        self.routing_rules()
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -387,6 +462,7 @@ class ConfigStore:
                 self._settings_table.clear_cache()
                 self._nodes_table.clear_cache()
                 self._retry_table.clear_cache()
+                self._routing_table.clear_cache()
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -444,6 +520,17 @@ class ConfigStore:
 
     def remove_node(self, name: str) -> None:
         with self._writer():
+            routes = [
+                str(doc.get("name"))
+                for doc in self._routing_table.all()
+                if name in (doc.get("destinations") or [])
+            ]
+            if routes:
+                raise ConfigError(
+                    "node",
+                    f"{name!r} is a destination of routing rule {', '.join(routes)}: "
+                    "change or remove the rule first",
+                )
             if not self._nodes_table.remove(Query().name == name):
                 raise ConfigError("node", f"no node named {name!r}")
 
@@ -521,6 +608,51 @@ class ConfigStore:
         with self._writer():
             if not self._retry_table.remove(Query().scope == scope):
                 raise ConfigError("retry.scope", f"no retry policy for {scope!r}")
+
+    # auto-routing rules (appliance.routing)
+
+    @staticmethod
+    def _check_destinations(rule: RoutingRule, node_names: set[str]) -> None:
+        for destination in rule.destinations:
+            if destination not in node_names:
+                raise ConfigError(
+                    "route.destinations",
+                    f"rule {rule.name}: {destination!r} is not a configured node",
+                )
+
+    def routing_rules(self) -> list[RoutingRule]:
+        """Every rule, validated (destinations must be configured nodes), sorted by name."""
+        with self._lock:
+            self._routing_table.clear_cache()
+            docs = [dict(doc) for doc in self._routing_table.all()]
+            node_names = {node.name for node in self.nodes()}
+        rules = []
+        for doc in docs:
+            rule = RoutingRule.from_mapping(doc)
+            self._check_destinations(rule, node_names)
+            rules.append(rule)
+        return sorted(rules, key=lambda r: r.name)
+
+    def routing_rule(self, name: str) -> RoutingRule:
+        for rule in self.routing_rules():
+            if rule.name == name:
+                return rule
+        raise ConfigError("route", f"no routing rule named {name!r}")
+
+    def add_routing_rule(self, rule: RoutingRule, *, replace: bool = False) -> None:
+        with self._writer():
+            node_names = {str(doc.get("name")) for doc in self._nodes_table.all()}
+            self._check_destinations(rule, node_names)
+            existing = self._routing_table.search(Query().name == rule.name)
+            if existing and not replace:
+                raise ConfigError("route.name", f"a routing rule named {rule.name!r} exists")
+            self._routing_table.remove(Query().name == rule.name)
+            self._routing_table.insert(asdict(rule))
+
+    def remove_routing_rule(self, name: str) -> None:
+        with self._writer():
+            if not self._routing_table.remove(Query().name == name):
+                raise ConfigError("route", f"no routing rule named {name!r}")
 
 
 def load_settings(data_dir: Path) -> Settings:
