@@ -124,10 +124,16 @@ class Daemon:
 class StoreSCP:
     """DCMTK `storescp` writing into a folder."""
 
-    def __init__(self, folder: Path, ae_title: str = "STORESCP", extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        ae_title: str = "STORESCP",
+        extra: Sequence[str] = (),
+        port: int | None = None,
+    ) -> None:
         self.folder = folder
         self.ae_title = ae_title
-        self.port = free_port()
+        self.port = port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [dcmtk("storescp"), "-aet", ae_title, "-od", str(folder), *extra, str(self.port)],
