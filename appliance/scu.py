@@ -158,9 +158,8 @@ def describe_failed_association(assoc: object, *, connected: bool = True) -> str
     if getattr(assoc, "is_aborted", False):
         # pynetdicom aborts by itself when the peer accepts the association but none of the
         # contexts; "aborted by the peer" would send the operator looking in the wrong place.
-        answer = getattr(getattr(assoc, "acceptor", None), "primitive", None)
-        rejected = list(getattr(assoc, "rejected_contexts", []) or [])
-        if answer is not None and getattr(answer, "result", None) == 0x00 and rejected:
+        if contexts_all_rejected(assoc):  # type: ignore[arg-type]
+            rejected = list(assoc.rejected_contexts)  # type: ignore[attr-defined]
             reasons = sorted({cx.status for cx in rejected})
             return (
                 f"peer accepted none of the {len(rejected)} proposed presentation contexts "
@@ -204,6 +203,10 @@ class InstanceResult:
     message: str
     sop_class_uid: str | None = None
     transfer_syntax: str | None = None  # as sent on the wire
+    # No answer because the association failed (refused, rejected, aborted, timed out): the
+    # instance may or may not have arrived, and another attempt may work. Never set for a status
+    # the peer gave, nor for a problem of the file or of the negotiated contexts.
+    association_failure: bool = False
 
     @property
     def status_hex(self) -> str | None:
@@ -233,6 +236,9 @@ class SendReport:
     node: Node
     results: list[InstanceResult] = field(default_factory=list)
     associations: int = 0
+    # The caller's stop callback said stop: files after that point were not sent and have no
+    # result.
+    stopped: bool = False
 
     def _with(self, outcome: str) -> list[InstanceResult]:
         return [r for r in self.results if r.outcome == outcome]
@@ -376,7 +382,13 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[Path], list[InstanceResul
     return files, problems
 
 
-def _failure(path: Path, message: str, candidate: Candidate | None = None) -> InstanceResult:
+def _failure(
+    path: Path,
+    message: str,
+    candidate: Candidate | None = None,
+    *,
+    association_failure: bool = False,
+) -> InstanceResult:
     return InstanceResult(
         path=path,
         sop_instance_uid=candidate.sop_instance_uid if candidate else None,
@@ -384,6 +396,7 @@ def _failure(path: Path, message: str, candidate: Candidate | None = None) -> In
         outcome=FAILURE,
         message=message,
         sop_class_uid=candidate.sop_class_uid if candidate else None,
+        association_failure=association_failure,
     )
 
 
@@ -478,8 +491,8 @@ def _store_one(
     sub-operation of.
     """
 
-    def fail(message: str) -> InstanceResult:
-        return _failure(candidate.path, message, candidate)
+    def fail(message: str, *, association_failure: bool = False) -> InstanceResult:
+        return _failure(candidate.path, message, candidate, association_failure=association_failure)
 
     route = choose_route(candidate.transfer_syntax, accepted)
     if isinstance(route, str):
@@ -515,9 +528,17 @@ def _store_one(
         # connection; the time spent tells them apart.
         timeout = assoc.dimse_timeout
         if timeout is not None and time.monotonic() - started >= timeout - 0.5:
-            raise _ConnectionLost(fail(f"no response within the DIMSE timeout ({timeout:g} s)"))
+            raise _ConnectionLost(
+                fail(
+                    f"no response within the DIMSE timeout ({timeout:g} s)",
+                    association_failure=True,
+                )
+            )
         raise _ConnectionLost(
-            fail("no response: the peer aborted the association or closed the connection")
+            fail(
+                "no response: the peer aborted the association or closed the connection",
+                association_failure=True,
+            )
         )
     status = int(response.Status)
     message = status_text(status)
@@ -537,24 +558,44 @@ def _store_one(
     )
 
 
+def contexts_all_rejected(assoc: Association) -> bool:
+    """The peer accepted the association but none of its presentation contexts (pynetdicom then
+    aborts it): a matter of configuration, not of the network."""
+    answer = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+    rejected = list(getattr(assoc, "rejected_contexts", []) or [])
+    return answer is not None and getattr(answer, "result", None) == 0x00 and bool(rejected)
+
+
 def _send_batch(
     ae: AE,
     settings: Settings,
     node: Node,
     batch: Batch,
     record: Callable[[InstanceResult], None],
-) -> None:
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Send one batch over one association; False when ``should_stop`` said stop (the files
+    after that point have no result)."""
     contexts = [build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in batch.contexts]
     assoc, connected = associate(ae, settings, node, contexts)
     if not assoc.is_established:
         reason = describe_failed_association(assoc, connected=connected)
+        transient = not (connected and contexts_all_rejected(assoc))
         for candidate in batch.candidates:
-            record(_failure(candidate.path, f"not sent: {reason}", candidate))
-        return
+            record(
+                _failure(
+                    candidate.path, f"not sent: {reason}", candidate, association_failure=transient
+                )
+            )
+        return True
     broken = False
     try:
         accepted = _accepted_syntaxes(assoc)
         for number, candidate in enumerate(batch.candidates):
+            # Between instances, never in the middle of one: a stop leaves every instance
+            # either answered by the peer or not sent at all.
+            if should_stop is not None and should_stop():
+                return False
             # After a missing response the association may still look established for a
             # moment (pynetdicom handles the abort in its own thread); never reuse it, a
             # C-STORE on a dead connection only ends after the DIMSE timeout.
@@ -565,6 +606,7 @@ def _send_batch(
                         candidate.path,
                         "not sent: the association was aborted before this instance",
                         candidate,
+                        association_failure=True,
                     )
                 )
                 continue
@@ -583,6 +625,32 @@ def _send_batch(
             assoc.abort()
         elif assoc.is_established:
             assoc.release()
+    return True
+
+
+def send_candidates(
+    settings: Settings,
+    node: Node,
+    candidates: Sequence[Candidate],
+    record: Callable[[InstanceResult], None],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    max_contexts: int = MAX_CONTEXTS_PER_ASSOCIATION,
+) -> tuple[int, bool]:
+    """C-STORE inspected files to ``node``, calling ``record`` with each result as soon as it
+    is known. ``should_stop`` is asked before each instance. Returns the number of associations
+    used and whether every candidate got a result (False: stopped)."""
+    if not candidates:
+        return 0, True
+    ae = requestor_ae(settings)
+    associations = 0
+    for batch in plan_batches(candidates, max_contexts):
+        if should_stop is not None and should_stop():
+            return associations, False
+        associations += 1
+        if not _send_batch(ae, settings, node, batch, record, should_stop):
+            return associations, False
+    return associations, True
 
 
 def send(
@@ -592,10 +660,12 @@ def send(
     *,
     progress: Callable[[InstanceResult], None] | None = None,
     max_contexts: int = MAX_CONTEXTS_PER_ASSOCIATION,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SendReport:
     """C-STORE every DICOM file under ``paths`` to ``node``; never raises for a bad file.
 
-    ``progress`` is called with each result as soon as it is known.
+    ``progress`` is called with each result as soon as it is known. ``should_stop`` is asked
+    between instances; once it says True the rest is not sent (``report.stopped``).
     """
     report = SendReport(node)
 
@@ -614,10 +684,8 @@ def send(
             candidates.append(inspected)
         else:
             record(inspected)
-    if not candidates:
-        return report
-    ae = requestor_ae(settings)
-    for batch in plan_batches(candidates, max_contexts):
-        report.associations += 1
-        _send_batch(ae, settings, node, batch, record)
+    report.associations, finished = send_candidates(
+        settings, node, candidates, record, should_stop=should_stop, max_contexts=max_contexts
+    )
+    report.stopped = not finished
     return report
