@@ -63,6 +63,9 @@ class InstanceResult:
     retryable: bool = True
     path: str | None = None
     sop_class_uid: str | None = None
+    # Storage commitment of a send with commit: None = not asked (yet), True = committed,
+    # False = the node did not commit it (the error says why).
+    committed: bool | None = None
 
     @property
     def done(self) -> bool:
@@ -237,7 +240,7 @@ def apply_action(job: Job, action: str, *, now: float, **args: Any) -> None:
         # The new node has none of the instances yet, whatever the old one said.
         for instance in job.instances:
             instance.status, instance.status_code, instance.error = PENDING, None, ""
-            instance.retryable, instance.attempts = True, 0
+            instance.retryable, instance.attempts, instance.committed = True, 0, None
         job.attempts = 0
         job.error = ""
         if state in FINAL_STATES or state is JobState.WAITING_RETRY:
