@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -544,7 +545,7 @@ class Archive:
             names = [d[0] for d in cursor.description]
         return dict(zip(names, row, strict=True)) if row else None
 
-    def received_in_study(self, study_uid: str, since: float) -> list[dict[str, object]]:
+    def received_in_study(self, study_uid: str, since: float) -> list[dict[str, Any]]:
         """Instances of a study received (indexed) at ``since`` or later, oldest first: SOP
         Instance and Class UID, calling AE title (``source_ae``), ``received_at``, ``modality``.
         Auto-routing rebuilds a batch a crash interrupted from this."""
