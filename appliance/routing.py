@@ -81,6 +81,8 @@ class Batch:
     done: list[str] = field(default_factory=list)
     # No longer takes instances: due, being submitted, or waiting to try submitting again.
     closed: bool = False
+    # Written to routing.json; tried again with each instance until it is.
+    persisted: bool = False
 
     def doc(self) -> dict[str, Any]:
         return {
@@ -160,8 +162,8 @@ class Router:
     def on_stored(self, info: dict[str, Any]) -> None:
         """Called after an instance was stored and indexed, before it is acknowledged.
 
-        Raises when a new batch cannot be persisted, so the instance is not acknowledged as
-        safely routed (the caller answers with a failure status and the sender tries again).
+        A batch that cannot be written to routing.json (a full disk) is kept in memory and
+        written with the next instance; the error is logged, the C-STORE is not failed.
         """
         self._refresh_config()
         matched = [
@@ -199,8 +201,6 @@ class Router:
                         first_uid=sop_instance_uid,
                         last_activity=now,
                     )
-                    # Persisted before the instance is acknowledged: see the module docstring.
-                    self._table.insert(batch.doc())
                     self._batches[batch.id] = batch
                     self._open[(rule.name, study_uid)] = batch.id
                     LOG.info(
@@ -211,6 +211,24 @@ class Router:
                     )
                 batch.instances[sop_instance_uid] = None
                 batch.last_activity = now
+                if not batch.persisted:
+                    # Before the instance is acknowledged: see the module docstring.
+                    self._persist(batch)
+
+    def _persist(self, batch: Batch) -> None:
+        try:
+            self._table.insert(batch.doc())
+        except Exception as exc:
+            LOG.error(
+                "routing %s: cannot record the batch of study %s in %s (%s); it is forwarded "
+                "unless the daemon stops before",
+                batch.rule,
+                batch.study_uid,
+                ROUTING_FILE,
+                exc,
+            )
+            return
+        batch.persisted = True
 
     # --- submitting ----------------------------------------------------------------------------
 
@@ -283,7 +301,7 @@ class Router:
                 )
                 with self._lock:
                     batch.last_activity = self._clock()
-                    self._table.update({"done": list(batch.done)}, Query().id == batch.id)
+                    self._record_done(batch)
                 return jobs
             else:
                 jobs.append(job)
@@ -298,16 +316,26 @@ class Router:
             batch.done.append(destination)
             if len(batch.done) < len(rule.destinations):
                 with self._lock:
-                    self._table.update({"done": list(batch.done)}, Query().id == batch.id)
+                    self._record_done(batch)
         self._forget(batch)
         return jobs
+
+    def _record_done(self, batch: Batch) -> None:
+        try:
+            self._table.update({"done": list(batch.done)}, Query().id == batch.id)
+        except Exception as exc:
+            LOG.error("routing %s: cannot update %s: %s", batch.rule, ROUTING_FILE, exc)
 
     def _forget(self, batch: Batch) -> None:
         with self._lock:
             self._batches.pop(batch.id, None)
             if self._open.get((batch.rule, batch.study_uid)) == batch.id:
                 del self._open[(batch.rule, batch.study_uid)]
-            self._table.remove(Query().id == batch.id)
+            try:
+                self._table.remove(Query().id == batch.id)
+            except Exception as exc:
+                # Left in the file: the next start forwards the study once more.
+                LOG.error("routing %s: cannot update %s: %s", batch.rule, ROUTING_FILE, exc)
 
     def _summary(self, study_uid: str, count: int) -> dict[str, Any]:
         study = self.archive.study(study_uid) or {}
@@ -351,6 +379,7 @@ class Router:
                 first_uid=str(doc.get("first_uid") or ""),
                 last_activity=now,
                 done=[str(d) for d in doc.get("done") or []],
+                persisted=True,
             )
             rows = self.archive.received_in_study(study_uid, 0.0)
             # The first instance was indexed just before the batch opened; a copy of it sent
