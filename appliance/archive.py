@@ -22,7 +22,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,8 @@ class StoreOutcome:
     path: Path
     duplicate: bool
     kept_existing: bool
+    # The received data set as parsed, without its pixel data: what listeners report.
+    dataset: Dataset | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -336,7 +338,9 @@ class Archive:
             path = self.root / relative
             exists = path.exists()
             if exists and self.duplicate_policy == "keep-first":
-                return StoreOutcome(sop_instance_uid, path, duplicate=True, kept_existing=True)
+                return StoreOutcome(
+                    sop_instance_uid, path, duplicate=True, kept_existing=True, dataset=dataset
+                )
 
             size = len(head) + len(encoded_dataset)
             self._check_reserve(size)
@@ -352,7 +356,9 @@ class Archive:
                     STATUS_OUT_OF_RESOURCES, f"cannot write to the archive: {exc.strerror}"
                 ) from exc
             self._index(dataset, relative, size, transfer_syntax, source_ae, digest)
-            return StoreOutcome(sop_instance_uid, path, duplicate=exists, kept_existing=False)
+            return StoreOutcome(
+                sop_instance_uid, path, duplicate=exists, kept_existing=False, dataset=dataset
+            )
 
     def _instance_lock(self, relative: str) -> threading.Lock:
         # The file name is a SHA-256 hex digest: its first bytes pick a stripe evenly.

@@ -433,7 +433,7 @@ class ControlServer:
             os.chmod(self.socket_path, SOCKET_MODE)
             if gid is not None:
                 os.chown(self.socket_path, -1, gid)
-            listener.listen(16)
+            listener.listen(64)
         except OSError as exc:
             listener.close()
             with contextlib.suppress(OSError):

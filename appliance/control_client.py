@@ -54,11 +54,25 @@ class _LineSocket:
         self.socket_path = socket_path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
+        deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
         try:
             with unix_address(socket_path) as address:
-                sock.connect(address)
+                while True:
+                    try:
+                        sock.connect(address)
+                        break
+                    except BlockingIOError:
+                        # The daemon's accept backlog is full for a moment (a burst of
+                        # clients): a Unix socket with a timeout does not wait, so retry.
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
         except OSError as exc:
             sock.close()
+            if isinstance(exc, BlockingIOError):
+                raise DaemonUnavailable(
+                    f"the daemon at {socket_path} accepts no connection (too busy?)"
+                ) from exc
             raise _unavailable(socket_path, exc) from exc
         self.sock = sock
         self._buffer = bytearray()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import threading
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -21,13 +23,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from appliance.acceptor import EventDrivenRequestHandler
-from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
+from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreOutcome, StoreRefused
 from appliance.config import NODE_SERVICES, ConfigStore, Node, Settings
 from appliance.dicom_classes import (
     DICOMSCOPE_SHUTDOWN_SOP_CLASS,
     STORAGE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,
 )
+from appliance.events import EventBus
 
 LOG = logging.getLogger("appliance.network")
 
@@ -84,6 +87,21 @@ def error_status(status: int, comment: str) -> Dataset:
 
 
 EventHandlers = list[tuple[evt.EventType, Callable]]
+StorageListener = Callable[[dict[str, Any]], None]
+
+
+def _attribute(ds: Dataset | None, keyword: str) -> str:
+    if ds is None:
+        return ""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a value pydicom cannot decode; the archive stored it anyway
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(item).strip() for item in value)
+    return str(value).strip()
 
 
 def serve_requests_ourselves(
@@ -158,6 +176,25 @@ class AssociationStats:
     stored: int = 0
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
+    # For the control API: DicomServer.associations() and the association events.
+    assoc_id: int = 0
+    host: str = ""
+    port: int = 0
+    called_ae: str = ""
+    started_at: float = field(default_factory=time.time)
+    last_op: str = ""
+    last_op_at: float | None = None
+    ops: dict[str, int] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.assoc_id,
+            "peer_address": self.host,
+            "peer_port": self.port,
+            "calling_ae": self.peer_ae,
+            "called_ae": self.called_ae,
+            "started": self.started_at,
+        }
 
 
 class DicomServer:
@@ -169,9 +206,13 @@ class DicomServer:
         config: ConfigStore,
         archive: Archive,
         services: Sequence[ScpService] = (),
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.services = list(services)
+        self.events = events
+        self._association_ids = itertools.count(1)
+        self._storage_listeners: list[StorageListener] = []
         self.config = config
         self.archive = archive
         self._server: ThreadedAssociationServer | None = None
@@ -220,6 +261,7 @@ class DicomServer:
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_DIMSE_RECV, self._on_dimse_received),
         ]
         for service in self.services:
             handlers.extend(service.handlers(self))
@@ -255,6 +297,7 @@ class DicomServer:
     def _reject(self, assoc: Association, reason: tuple[int, int, int], why: str) -> None:
         ae_title, address = self._peer(assoc)
         LOG.warning("association from %s at %s rejected: %s", ae_title, address, why)
+        self._publish_rejected(assoc, why)
         assoc.acse.send_reject(*reason)
         # No EVT_REJECTED: its only handler, _on_rejected, would log this rejection again.
         assoc.kill()
@@ -312,6 +355,13 @@ class DicomServer:
 
     def _on_connection_closed(self, event: evt.Event) -> None:
         assoc = event.assoc
+        stats = self._stats.get(id(assoc))
+        if stats is not None:
+            # Normally EVT_RELEASED or EVT_ABORTED closed it already, or is about to on the
+            # association's thread; if neither did after a moment, the connection was lost.
+            timer = threading.Timer(2.0, self._connection_lost, (id(assoc), stats))
+            timer.daemon = True
+            timer.start()
         # pynetdicom's acceptor thread waits for an A-ASSOCIATE-RQ until the ACSE timeout even
         # when the connection is already gone (a port probe, a malformed PDU), and until then
         # it counts against max_associations. An empty item ends that wait now.
@@ -343,11 +393,21 @@ class DicomServer:
         return frozenset(service for node in nodes for service in node.services)
 
     def _on_accepted(self, event: evt.Event) -> None:
-        ae_title, address = self._peer(event.assoc)
+        assoc = event.assoc
+        ae_title, address = self._peer(assoc)
         # Looked up once per association, so the C-STORE path never reads the configuration.
-        stats = AssociationStats(ae_title, address, allowed=self.services_for(ae_title))
+        stats = AssociationStats(
+            ae_title,
+            address,
+            allowed=self.services_for(ae_title),
+            assoc_id=next(self._association_ids),
+            host=str(assoc.requestor.address),
+            port=int(assoc.requestor.port or 0),
+            called_ae=self._called(assoc),
+        )
         with self._lock:
-            self._stats[id(event.assoc)] = stats
+            self._stats[id(assoc)] = stats
+        self._publish("association", {"event": "opened", **stats.info()})
 
     def refuse_service(self, event: evt.Event, service: str) -> Dataset | None:
         stats = self._stats.get(id(event.assoc))
@@ -376,6 +436,11 @@ class DicomServer:
             rejection.result_source,
             rejection.diagnostic,
         )
+        self._publish_rejected(
+            event.assoc,
+            f"result {rejection.result}, source {rejection.result_source}, "
+            f"reason {rejection.diagnostic}",
+        )
 
     def _on_closed(self, event: evt.Event) -> None:
         with self._lock:
@@ -383,15 +448,173 @@ class DicomServer:
         if stats is None:
             return
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        self._closed(stats, how)
+
+    def _connection_lost(self, key: int, stats: AssociationStats) -> None:
+        with self._lock:
+            if self._stats.get(key) is not stats:
+                return
+            del self._stats[key]
+        self._closed(stats, "aborted")
+
+    def _closed(self, stats: AssociationStats, how: str) -> None:
+        duration = time.monotonic() - stats.started
         LOG.info(
             "association from %s at %s %s after %.1f s: %d stored, %d failed",
             stats.peer_ae,
             stats.address,
             how,
-            time.monotonic() - stats.started,
+            duration,
             stats.stored,
             stats.failed,
         )
+        self._publish(
+            "association",
+            {
+                "event": "closed",
+                **stats.info(),
+                "how": how,
+                "duration": duration,
+                "stored": stats.stored,
+                "failed": stats.failed,
+            },
+        )
+
+    def _on_dimse_received(self, event: evt.Event) -> None:
+        stats = self._stats.get(id(event.assoc))
+        name = type(event.message).__name__  # C_STORE_RQ, C_FIND_RQ, N_ACTION_RQ ...
+        if stats is None or not name.endswith("_RQ"):
+            return
+        op = name[:-3].replace("_", "-")
+        stats.last_op = op
+        stats.last_op_at = time.time()
+        stats.ops[op] = stats.ops.get(op, 0) + 1
+
+    # --- control API hooks ---------------------------------------------------------------
+
+    def associations(self) -> list[dict[str, Any]]:
+        """The associations open now, oldest first: peer, AE titles, when it started, the
+        last request received and the number of requests of each kind, instances stored and
+        failed."""
+        with self._lock:
+            current = list(self._stats.values())
+        now = time.monotonic()
+        return [
+            {
+                **stats.info(),
+                "duration": now - stats.started,
+                "last_op": stats.last_op,
+                "last_op_at": stats.last_op_at,
+                "ops": dict(stats.ops),
+                "stored": stats.stored,
+                "failed": stats.failed,
+            }
+            for stats in sorted(current, key=lambda s: s.assoc_id)
+        ]
+
+    def add_storage_listener(self, listener: StorageListener) -> None:
+        """Call ``listener(info)`` after every instance stored with success (duplicates
+        included), on the association's thread before the C-STORE response is sent: keep it
+        short. ``info``: sop_instance_uid, sop_class_uid, study_instance_uid,
+        series_instance_uid, modality, patient_id, patient_name, calling_ae, called_ae,
+        association_id, transfer_syntax, path, duplicate, kept_existing. An exception in a
+        listener is logged and never fails the C-STORE."""
+        with self._lock:
+            self._storage_listeners.append(listener)
+
+    def _publish(self, topic: str, data: dict[str, Any]) -> None:
+        if self.events is None:
+            return
+        try:
+            self.events.publish(topic, data)
+        except Exception:
+            LOG.exception("publishing a %s event failed", topic)
+
+    @staticmethod
+    def _called(assoc: Association) -> str:
+        primitive = assoc.requestor.primitive
+        return str(primitive.called_ae_title).strip() if primitive is not None else ""
+
+    def _publish_rejected(self, assoc: Association, why: str) -> None:
+        if self.events is None:
+            return
+        calling, _address = self._peer(assoc)
+        requestor = assoc.requestor
+        self._publish(
+            "association",
+            {
+                "event": "closed",
+                "id": next(self._association_ids),
+                "peer_address": str(requestor.address),
+                "peer_port": int(requestor.port or 0),
+                "calling_ae": calling,
+                "called_ae": self._called(assoc),
+                "started": time.time(),
+                "how": "rejected",
+                "reason": why,
+                "duration": 0.0,
+                "stored": 0,
+                "failed": 0,
+            },
+        )
+
+    def _store_done(
+        self,
+        event: evt.Event,
+        calling_ae: str,
+        sop_class: str,
+        sop_instance: str,
+        status: int,
+        comment: str = "",
+        outcome: StoreOutcome | None = None,
+    ) -> None:
+        """Report a C-STORE: a storage event, and the listeners when it was stored.
+        Never raises: nothing here may change the C-STORE's status."""
+        try:
+            ds = outcome.dataset if outcome is not None else None
+            stats = self._stats.get(id(event.assoc))
+            info: dict[str, Any] = {
+                "sop_instance_uid": sop_instance,
+                "sop_class_uid": sop_class,
+                "study_instance_uid": _attribute(ds, "StudyInstanceUID"),
+                "series_instance_uid": _attribute(ds, "SeriesInstanceUID"),
+                "modality": _attribute(ds, "Modality"),
+                "patient_id": _attribute(ds, "PatientID"),
+                "patient_name": _attribute(ds, "PatientName"),
+                "calling_ae": calling_ae,
+                "called_ae": stats.called_ae if stats else self._called(event.assoc),
+                "association_id": stats.assoc_id if stats else None,
+            }
+            self._publish(
+                "storage",
+                {
+                    **info,
+                    "status": status,
+                    "ok": outcome is not None,
+                    "comment": comment,
+                    "duplicate": bool(outcome and outcome.duplicate),
+                },
+            )
+            if outcome is None:
+                return
+            info.update(
+                path=str(outcome.path),
+                transfer_syntax=str(event.context.transfer_syntax),
+                duplicate=outcome.duplicate,
+                kept_existing=outcome.kept_existing,
+            )
+            with self._lock:
+                listeners = list(self._storage_listeners)
+        except Exception:
+            LOG.exception("reporting the C-STORE of %s failed", sop_instance)
+            return
+        for listener in listeners:
+            try:
+                listener(dict(info))
+            except Exception:
+                LOG.exception(
+                    "a storage listener failed on %s (the instance is stored)", sop_instance
+                )
 
     # --- DIMSE services ------------------------------------------------------------------
 
@@ -403,10 +626,13 @@ class DicomServer:
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
         refused = self.refuse_service(event, "store")
+        ae_title, address = self._peer(event.assoc)
         if refused is not None:
+            self._store_done(
+                event, ae_title, sop_class, sop_instance, refused.Status, refused.ErrorComment
+            )
             return refused
         stats = self._stats.get(id(event.assoc))
-        ae_title, address = self._peer(event.assoc)
         with self._lock:
             draining_done = self._draining_done
             if not draining_done:
@@ -419,15 +645,20 @@ class DicomServer:
                 sop_instance,
                 STATUS_OUT_OF_RESOURCES,
             )
+            self._store_done(
+                event, ae_title, sop_class, sop_instance, STATUS_OUT_OF_RESOURCES, "shutting down"
+            )
             return error_status(STATUS_OUT_OF_RESOURCES, "shutting down")
         try:
-            self.archive.store_encoded(
+            outcome = self.archive.store_encoded(
                 event.encoded_dataset(include_meta=False),
                 sop_class_uid=sop_class,
                 sop_instance_uid=sop_instance,
                 transfer_syntax=str(event.context.transfer_syntax),
                 source_ae=ae_title,
             )
+            # Inside the in-flight count: shutdown waits for the listeners too.
+            self._store_done(event, ae_title, sop_class, sop_instance, 0x0000, outcome=outcome)
         except StoreRefused as exc:
             if stats:
                 stats.failed += 1
@@ -439,12 +670,17 @@ class DicomServer:
                 exc.status,
                 exc.comment,
             )
+            self._store_done(event, ae_title, sop_class, sop_instance, exc.status, exc.comment)
             return error_status(exc.status, exc.comment)
         except Exception as exc:
             if stats:
                 stats.failed += 1
             LOG.exception("C-STORE from %s at %s of %s failed", ae_title, address, sop_instance)
-            return error_status(STATUS_OUT_OF_RESOURCES, f"internal error: {exc}")
+            comment = f"internal error: {exc}"
+            self._store_done(
+                event, ae_title, sop_class, sop_instance, STATUS_OUT_OF_RESOURCES, comment
+            )
+            return error_status(STATUS_OUT_OF_RESOURCES, comment)
         finally:
             with self._lock:
                 self._stores_in_flight -= 1
