@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
@@ -17,9 +22,11 @@ from appliance import routing_cli
 from appliance.archive import Archive
 from appliance.config import ConfigError, ConfigStore, Node, RoutingRule
 from appliance.jobs import Job
+from appliance.network import DicomServer
 from appliance.routing import ROUTING_FILE, Router
-from tests.factories import ct_dataset
-from tests.scp_helpers import encode_dataset
+from tests.factories import ct_dataset, write_ct_series
+from tests.peers import LOOPBACK, free_port, wait_for_port
+from tests.scp_helpers import encode_dataset, storescu, succeeded_files
 
 QUIET = 30.0
 
@@ -485,3 +492,126 @@ def test_route_commands(config, capsys) -> None:
         route(config, capsys, "route", "add", "x", "--to", "NOPE")
     assert "removed ct" in route(config, capsys, "route", "remove", "ct")
     assert [r.name for r in config.routing_rules()] == ["off"]
+
+
+# --- with the DICOM server: DCMTK storescu sends, the server calls the router ---------------------
+
+
+@dataclass
+class Listener:
+    """What tests.scp_helpers.storescu needs to know of a listener."""
+
+    port: int
+    ae_title: str = "APPLIANCE"
+
+
+def serving(config: ConfigStore, archive: Archive, router: Router) -> tuple[DicomServer, Listener]:
+    settings = config.settings()
+    settings.port = free_port()
+    settings.bind_address = LOOPBACK
+    server = DicomServer(settings, config, archive)
+    server.add_storage_listener(router.on_stored)
+    server.start()
+    return server, Listener(server.port, settings.ae_title)
+
+
+def sent_uids(files: list[Path]) -> list[str]:
+    return [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+
+
+def test_storescu_studies_are_forwarded_per_study(config, archive, data_dir, tmp_path) -> None:
+    config.set("disk_reserve_mb", 0)
+    config.set("routing_quiet_seconds", 0.5)
+    config.add_routing_rule(
+        RoutingRule(name="scanner", calling_aes=["CT_SCANNER"], destinations=["PACS", "BACKUP"])
+    )
+    recorder = Recorder()
+    router = Router(config, recorder, archive, data_dir)
+    router.start()
+    server, listener = serving(config, archive, router)
+    try:
+        study_a = write_ct_series(tmp_path / "a", 3, rows=8, columns=8)
+        study_b = write_ct_series(tmp_path / "b", 2, rows=8, columns=8)
+        other = write_ct_series(tmp_path / "c", 2, rows=8, columns=8)
+        for files, calling in ((study_a, "CT_SCANNER"), (study_b, "CT_SCANNER"), (other, "WS")):
+            result = storescu(listener, files, calling=calling)  # type: ignore[arg-type]
+            assert succeeded_files(result.stdout + result.stderr) == [str(f) for f in files]
+        deadline = time.monotonic() + 15
+        while len(recorder.jobs) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # nothing more comes: the third study is not from the scanner
+    finally:
+        router.stop()
+        server.shutdown(1)
+    forwarded = sorted(
+        (job.target, tuple(job.params["sop_instance_uids"])) for job in recorder.jobs
+    )
+    assert forwarded == sorted(
+        (target, tuple(sent_uids(files)))
+        for target in ("PACS", "BACKUP")
+        for files in (study_a, study_b)
+    )
+
+
+KILLED_SERVER = """
+import sys, time
+from pathlib import Path
+from appliance.archive import Archive
+from appliance.config import ConfigStore
+from appliance.network import DicomServer
+from appliance.routing import Router
+
+data_dir, port = Path(sys.argv[1]), int(sys.argv[2])
+config = ConfigStore(data_dir)
+settings = config.settings()
+settings.port, settings.bind_address = port, "127.0.0.1"
+archive = Archive(data_dir)
+
+def submit(*args, **kwargs):
+    raise AssertionError("the quiet time never ends in this process")
+
+router = Router(config, submit, archive, data_dir)
+router.start()
+server = DicomServer(settings, config, archive)
+server.add_storage_listener(router.on_stored)
+server.start()
+time.sleep(3600)
+"""
+
+
+def test_acknowledged_instances_are_forwarded_after_a_sigkill(config, data_dir, tmp_path) -> None:
+    config.set("disk_reserve_mb", 0)
+    config.set("routing_quiet_seconds", 3600)
+    config.add_routing_rule(RoutingRule(name="all", destinations=["PACS"]))
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SERVER, str(data_dir), str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        wait_for_port(port, proc=child)
+        files = write_ct_series(tmp_path / "study", 4, rows=8, columns=8)
+        result = storescu(Listener(port), files)  # type: ignore[arg-type]
+        assert succeeded_files(result.stdout + result.stderr) == [str(f) for f in files]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    archive = Archive(data_dir)
+    try:
+        archive.recover()
+        recorder, clock = Recorder(), Clock()
+        router = Router(config, recorder, archive, data_dir, clock=clock)
+        assert [p["instances"] for p in router.pending()] == [4]
+        clock.advance(3599)
+        assert router.submit_due() == []
+        clock.advance(1)
+        (job,) = router.submit_due()
+    finally:
+        archive.close()
+    assert (job.kind, job.target) == ("forward", "PACS")
+    assert job.params["sop_instance_uids"] == sent_uids(files)
