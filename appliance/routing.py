@@ -269,7 +269,9 @@ class Router:
             )
             self._forget(batch)
             return []
-        params = {"sop_instance_uids": uids, "study_uids": [batch.study_uid], "rule": rule.name}
+        # The study goes under "study_uid", not "study_uids": a send runner given study_uids
+        # sends every instance of the study, and a batch is only those the rule matched.
+        params = {"sop_instance_uids": uids, "study_uid": batch.study_uid, "rule": rule.name}
         summary = self._summary(batch.study_uid, len(uids))
         jobs = []
         for destination in rule.destinations:

@@ -26,7 +26,12 @@ from appliance.network import DicomServer
 from appliance.routing import ROUTING_FILE, Router
 from tests.factories import ct_dataset, write_ct_series
 from tests.peers import LOOPBACK, free_port, wait_for_port
-from tests.scp_helpers import encode_dataset, storescu, succeeded_files
+from tests.scp_helpers import (
+    encode_dataset,
+    sop_instance_uid_of,
+    storescu,
+    succeeded_files,
+)
 
 QUIET = 30.0
 
@@ -174,7 +179,7 @@ def test_rules_match_by_calling_ae_modality_and_sop_class(config, archive, data_
     assert uids["BACKUP"] == [mr_as_ct_class["sop_instance_uid"]]
     assert uids["VIEWER"] == [mr_class["sop_instance_uid"]]
     assert jobs["PACS"][0].params["rule"] == "from-ct"
-    assert jobs["PACS"][0].params["study_uids"] == [study]
+    assert jobs["PACS"][0].params["study_uid"] == study
 
 
 def test_rule_with_every_criterion_needs_all_of_them(config, archive, data_dir) -> None:
@@ -233,14 +238,14 @@ def test_a_study_becomes_one_job_per_destination_after_the_quiet_time(
     jobs = router.submit_due()
     # Study B has been quiet for long enough, study A not yet.
     assert sorted(j.target for j in jobs) == ["BACKUP", "PACS"]
-    assert all(j.params["study_uids"] == [study_b] for j in jobs)
+    assert all(j.params["study_uid"] == study_b for j in jobs)
     assert all(j.params["sop_instance_uids"] == [i["sop_instance_uid"] for i in b] for j in jobs)
 
     clock.advance(1)
     jobs = router.submit_due()
     assert sorted(j.target for j in jobs) == ["BACKUP", "PACS"]
     for job in jobs:
-        assert job.params["study_uids"] == [study_a]
+        assert job.params["study_uid"] == study_a
         assert job.params["sop_instance_uids"] == [i["sop_instance_uid"] for i in a]
         assert job.summary["patient_name"] == "DOE^JOHN"
         assert job.summary["patient_id"] == "PAT001"
@@ -615,3 +620,4 @@ def test_acknowledged_instances_are_forwarded_after_a_sigkill(config, data_dir, 
         archive.close()
     assert (job.kind, job.target) == ("forward", "PACS")
     assert job.params["sop_instance_uids"] == sent_uids(files)
+
