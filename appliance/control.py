@@ -36,13 +36,16 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance import __version__
+from appliance.config import ConfigError
 from appliance.events import TOPICS, EventBus, Subscription
+from appliance.jobs import JobError
 
 LOG = logging.getLogger("appliance.control")
 
@@ -406,6 +409,8 @@ class ControlServer:
             return entry.handler(args, caller)
         except ApiError:
             raise
+        except (JobError, ConfigError) as exc:  # a request the job model or config refuses
+            raise ApiError("invalid", str(exc)) from exc
         except Exception as exc:
             LOG.exception("control op %s failed", op)
             raise ApiError("internal", f"{op} failed: {exc}") from exc
@@ -563,6 +568,7 @@ class ControlServer:
         if self._wake_w is not None:
             with contextlib.suppress(OSError):
                 self._wake_w.send(b"x")
+        deadline = time.monotonic() + timeout
         if self._accept_thread is not None:
             self._accept_thread.join(timeout)
         self._remove_own_socket()
@@ -574,7 +580,7 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         for thread in connections.values():
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         for wake in (self._wake_r, self._wake_w):
             if wake is not None:
                 wake.close()

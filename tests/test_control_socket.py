@@ -36,6 +36,7 @@ from appliance.control import (
 )
 from appliance.control_client import ControlClient, DaemonUnavailable
 from appliance.events import Event, EventBus, Subscription
+from appliance.jobs import JobError
 from appliance.network import DicomServer
 from tests.factories import write_ct_series
 from tests.peers import free_port
@@ -56,6 +57,10 @@ def _not_found(args: dict[str, Any], _caller: Caller) -> None:
     raise ApiError("not-found", f"no job {args.get('id')}")
 
 
+def _bad_value(args: dict[str, Any], _caller: Caller) -> None:
+    raise JobError(f"cannot pause job {args.get('id')}: it is finished")
+
+
 def _unencodable(_args: dict[str, Any], _caller: Caller) -> object:
     return {"value": object()}
 
@@ -73,6 +78,7 @@ def make_server(path: Path, **kwargs: Any) -> Server:
     control.register("fail", _fail)
     control.register("find", _not_found)
     control.register("unencodable", _unencodable)
+    control.register("pause", _bad_value)
     control.register("service.reset", lambda args, caller: "reset", service_only=True)
     control.start()
     return Server(path=path, bus=bus, control=control)
@@ -274,7 +280,11 @@ def test_handler_errors(server: Server, raw: Raw, caplog: pytest.LogCaptureFixtu
     reply = raw.reply()
     assert reply["error"] == {"code": "not-found", "message": "no job 42"}
 
-    raw.request(v=1, id=3, op="unencodable")
+    raw.request(v=1, id=3, op="pause", args={"id": 5})
+    reply = raw.reply()
+    assert reply["error"] == {"code": "invalid", "message": "cannot pause job 5: it is finished"}
+
+    raw.request(v=1, id=4, op="unencodable")
     assert error_of(raw.reply()) == "internal"
     raw.good_request_works()
 
@@ -471,15 +481,16 @@ def test_raw_subscriber_closing_is_detected(server: Server, raw: Raw) -> None:
 def test_a_subscriber_that_falls_behind_is_told_how_many_it_lost(server: Server) -> None:
     stream = ControlClient(server.path).subscribe(["job"])
     wait_until(lambda: subscriber_count(server.bus) == 1)
-    subscription = server.bus._subscribers[0]
-    # Fill its backlog directly, as a burst faster than the connection drains it would.
-    for number in range(1500):
-        Subscription.offer(subscription, Event("job", {"n": number}))
+    # Not read while published: the socket buffers fill, then the backlog overflows.
+    total = 5000
+    for number in range(total):
+        server.bus.publish("job", {"n": number, "padding": "x" * 1000})
     seen = []
     while (event := stream.get(timeout=2)) is not None:
         seen.append(event["data"]["n"])
-    assert stream.lost >= 500 - 5 and len(seen) + stream.lost >= 1500 - 5
-    assert seen[-1] == 1499
+    assert stream.lost > 0
+    assert len(seen) + stream.lost == total
+    assert seen == sorted(seen) and seen[-1] == total - 1
     stream.close()
 
 
