@@ -148,7 +148,9 @@ class Router:
             rules = {rule.name: rule for rule in self.config.routing_rules()}
             quiet = self.config.settings().routing_quiet_seconds
         except Exception as exc:  # ConfigError, or a hand edit in progress
+            # Logged once per change of the file, not for every instance.
             LOG.error("configuration unreadable, routing with the rules read before: %s", exc)
+            self._config_stamp, self._config_read = stamp, True
             return
         self._rules, self._quiet, self._config_stamp = rules, quiet, stamp
         self._config_read = True

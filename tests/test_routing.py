@@ -28,7 +28,6 @@ from tests.factories import ct_dataset, write_ct_series
 from tests.peers import LOOPBACK, free_port, wait_for_port
 from tests.scp_helpers import (
     encode_dataset,
-    sop_instance_uid_of,
     storescu,
     succeeded_files,
 )
@@ -398,6 +397,20 @@ def test_a_failed_submission_is_tried_again_for_the_remaining_destinations(
     assert persisted_batches(data_dir) == []
 
 
+def test_an_unreadable_routing_file_is_moved_aside(config, archive, data_dir, caplog) -> None:
+    config.add_routing_rule(RoutingRule(name="all", destinations=["PACS"]))
+    (data_dir / ROUTING_FILE).write_text('{"batches": {"1": ')
+    router, recorder, clock = make_router(config, archive, data_dir)
+    assert "routing.json unreadable, moved aside" in caplog.text
+    assert [
+        p.name.startswith("routing.json.corrupt-") for p in data_dir.glob("routing.json.*")
+    ] == [True]
+    router.on_stored(receive(archive, study_uid=generate_uid()))
+    assert len(persisted_batches(data_dir)) == 1
+    clock.advance(QUIET)
+    assert len(router.submit_due()) == 1
+
+
 # --- rules in the configuration ---------------------------------------------------------------
 
 
@@ -620,4 +633,3 @@ def test_acknowledged_instances_are_forwarded_after_a_sigkill(config, data_dir, 
         archive.close()
     assert (job.kind, job.target) == ("forward", "PACS")
     assert job.params["sop_instance_uids"] == sent_uids(files)
-
