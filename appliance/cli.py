@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from appliance import __version__, commitment_cli, qr_cli, workflow_cli
+from appliance import __version__, commitment_cli, jobs_cli, qr_cli, routing_cli, workflow_cli
 from appliance.config import NODE_SERVICES, ConfigError, ConfigStore, Node, Settings
 from appliance.paths import default_data_dir
 
@@ -86,10 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     send.add_argument("--json", action="store_true", help="print per-instance results as JSON")
     commitment_cli.add_send_option(send)
+    jobs_cli.add_queue_options(send)
     commitment_cli.add_parsers(commands, common)
 
     qr_cli.add_parsers(commands, common)
+    jobs_cli.add_queue_options(commands.choices["retrieve"])
     workflow_cli.add_parsers(commands, common)
+    jobs_cli.add_parsers(commands, common)
+    routing_cli.add_parsers(commands, common)
     return parser
 
 
@@ -159,6 +163,22 @@ def cmd_send(args: argparse.Namespace, store: ConfigStore) -> int:
     from appliance import scu
 
     node = store.node(args.node)
+    queued = jobs_cli.queue_job(
+        store.data_dir,
+        kind="send",
+        target=node.name,
+        params={"paths": [str(p.absolute()) for p in args.paths], "commit": bool(args.commit)},
+        priority=args.priority,
+        wait=args.wait,
+        as_json=args.json,
+    )
+    if queued is not None:
+        return queued
+    # No daemon: send from this process, as a one-off, without a job to retry it.
+    print(
+        "note: the daemon is not running; sending directly (no job, no retries)",
+        file=sys.stderr,
+    )
     settings = store.settings()
     committed = None
     if args.json:
@@ -198,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from appliance.daemon import serve
 
         return serve(data_dir, port=args.port, ae_title=args.ae_title)
+    if args.command in jobs_cli.COMMANDS:
+        return jobs_cli.run(args, data_dir)
 
     try:
         store = ConfigStore(data_dir)
@@ -216,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return workflow_cli.run(args, store)
             if args.command in commitment_cli.COMMANDS:
                 return commitment_cli.run(args, store)
+            if args.command in routing_cli.COMMANDS:
+                return routing_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:

@@ -9,13 +9,19 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from appliance.api import Operations
 from appliance.archive import Archive
 from appliance.commitment import CommitmentService
 from appliance.config import ConfigError, ConfigStore, Settings
+from appliance.control import ControlServer, ControlSocketError, control_socket_path
+from appliance.events import EventBus
 from appliance.fileio import remove_stale_partials
+from appliance.job_engine import JobEngine
+from appliance.job_store import JobStore
 from appliance.network import DicomServer
 from appliance.qr_scp import FindService
 from appliance.retrieve_scp import RetrieveService
+from appliance.routing import Router
 from appliance.sd_notify import sd_notify
 
 LOG = logging.getLogger("appliance.daemon")
@@ -71,18 +77,50 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         disk_reserve_bytes=settings.disk_reserve_mb * 2**20,
     )
     archive.recover()
+    events = EventBus()
+    jobs = JobStore(data_dir)
+    engine = JobEngine(jobs, store, archive, events, data_dir)
     commitment = CommitmentService(data_dir)
     server = DicomServer(
-        settings, store, archive, services=[FindService(), RetrieveService(), commitment]
+        settings,
+        store,
+        archive,
+        services=[FindService(), RetrieveService(), commitment],
+        events=events,
     )
+    router = Router(store, engine.submit, archive, data_dir)
+    server.add_storage_listener(router.on_stored)
+    control = ControlServer(
+        control_socket_path(data_dir), events, group=settings.control_group or None
+    )
+    Operations(
+        data_dir=data_dir, config=store, archive=archive, engine=engine, server=server
+    ).register(control)
+
+    def close_stores() -> None:
+        router.close()
+        jobs.close()
+        archive.close()
+        store.close()
+
+    # The control socket comes up before the DICOM port, so whoever sees the port can ask it.
+    try:
+        control.start()
+    except ControlSocketError as exc:
+        LOG.error("cannot open the control socket: %s", exc)
+        close_stores()
+        return 1
     try:
         server.start()
     except OSError as exc:
         LOG.error("cannot listen on %s:%d: %s", settings.bind_address, settings.port, exc)
-        archive.close()
+        control.stop()
+        close_stores()
         return 1
-    # Reports left undelivered by the last run go out now.
+    # Reports left undelivered by the last run go out now; jobs left running are queued again.
     commitment.start(server)
+    engine.start()
+    router.start()
 
     LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
     sd_notify(f"READY=1\nSTATUS=listening as {settings.ae_title} on port {server.port}")
@@ -91,10 +129,13 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     while not stop.wait(timeout=0.5):
         pass
     sd_notify("STOPPING=1")
+    router.stop()
+    # Running jobs stop between instances and stay queued for the next start.
+    engine.stop(settings.shutdown_timeout)
     commitment.stop()
     server.shutdown(settings.shutdown_timeout)
+    control.stop()
     commitment.close()
-    archive.close()
-    store.close()
+    close_stores()
     LOG.info("stopped")
     return 0

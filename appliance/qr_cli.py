@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from appliance import jobs_cli
 from appliance.config import RETRIEVE_METHODS, ConfigStore
 
 # The same as appliance.qr_scu's, which validates them again; that module (pydicom, pynetdicom,
@@ -130,6 +131,39 @@ def cmd_retrieve(args: argparse.Namespace, store: ConfigStore) -> int:
 
     node = store.node(args.node)
     settings = store.settings()
+    try:
+        plan_retrieve(
+            model=args.model,
+            patients=args.patient,
+            studies=args.study,
+            series=args.series,
+            images=args.image,
+        )
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    queued = jobs_cli.queue_job(
+        store.data_dir,
+        kind="retrieve",
+        target=node.name,
+        params={
+            "model": args.model,
+            "patient_ids": args.patient,
+            "study_uids": args.study,
+            "series_uids": args.series,
+            "sop_instance_uids": args.image,
+            "method": args.method,
+        },
+        priority=args.priority,
+        wait=args.wait,
+        as_json=args.json,
+    )
+    if queued is not None:
+        return queued
+    print(
+        "note: the daemon is not running; retrieving directly (no job, no retries)",
+        file=sys.stderr,
+    )
     try:
         request = plan_retrieve(
             model=args.model,

@@ -1,0 +1,294 @@
+"""The control API's operations: what the console and the CLI may ask of the running daemon.
+
+``register_operations`` binds each operation name to the engine part that answers it. Reads and
+job actions are open to technologists; changing configuration and nodes is service-only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__
+from appliance.archive import Archive
+from appliance.config import ConfigError, ConfigStore, Node, Settings
+from appliance.control import ApiError, Caller, ControlServer
+from appliance.job_engine import JobEngine
+from appliance.jobs import ACTIONS, JOB_KINDS, Job, JobError, JobState, RetryPolicy
+from appliance.network import DicomServer
+
+# Job kinds an operator may queue through the API; the others are queued by their own screens
+# and services (print, burn, import, anonymize register theirs when they exist).
+SUBMITTABLE_KINDS = ("send", "retrieve", "commitment", "forward")
+MAX_LIST = 1000
+
+
+def _int_arg(args: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = args.get(name, default)
+    if value is None:
+        raise ApiError("bad-request", f"{name} is required")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ApiError("bad-request", f"{name} must be an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError("bad-request", f"{name} must be an integer, not {value!r}") from None
+
+
+def _str_list(args: dict[str, Any], name: str) -> list[str] | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError("bad-request", f"{name} must be a list of strings")
+    return value
+
+
+def _str_arg(args: dict[str, Any], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError("bad-request", f"{name} is required (text)")
+    return value
+
+
+def job_detail(job: Job) -> dict[str, Any]:
+    doc = job.to_doc()
+    doc["counts"] = job.counts()
+    return doc
+
+
+class Operations:
+    """The daemon's parts, and one method per operation."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        config: ConfigStore,
+        archive: Archive,
+        engine: JobEngine,
+        server: DicomServer,
+        started: float | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = config
+        self.archive = archive
+        self.engine = engine
+        self.server = server
+        self.started = started if started is not None else time.time()
+
+    def register(self, control: ControlServer) -> None:
+        open_to_all = {
+            "status": self.status,
+            "jobs.list": self.jobs_list,
+            "jobs.show": self.jobs_show,
+            "jobs.submit": self.jobs_submit,
+            "jobs.action": self.jobs_action,
+            "nodes.list": self.nodes_list,
+            "nodes.echo": self.nodes_echo,
+            "config.get": self.config_get,
+            "retry.list": self.retry_list,
+        }
+        service_only = {
+            "config.set": self.config_set,
+            "nodes.add": self.nodes_add,
+            "nodes.remove": self.nodes_remove,
+            "retry.set": self.retry_set,
+            "retry.clear": self.retry_clear,
+        }
+        for op, handler in open_to_all.items():
+            control.register(op, handler)
+        for op, handler in service_only.items():
+            control.register(op, handler, service_only=True)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        settings = self.config.settings()
+        usage = shutil.disk_usage(self.data_dir)
+        reserve = settings.disk_reserve_mb * 2**20
+        counts = self.engine.counts()
+        return {
+            "version": __version__,
+            "data_dir": str(self.data_dir),
+            "uptime": round(time.time() - self.started, 1),
+            "role": caller.role,
+            "services": [
+                {
+                    "name": "dicom",
+                    "ae_title": self.server.settings.ae_title,
+                    "bind_address": settings.bind_address,
+                    "port": self.server.port,
+                    "state": "listening",
+                },
+            ],
+            "associations": self.server.associations(),
+            "disk": {
+                "path": str(self.data_dir),
+                "total": usage.total,
+                "used": usage.used,
+                "free": usage.free,
+                "reserve": reserve,
+                "low": usage.free < reserve,
+            },
+            "archive": {"instances": self.archive.count()},
+            "jobs": {state.value: counts.get(state.value, 0) for state in JobState},
+        }
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def jobs_list(self, args: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
+        limit = _int_arg(args, "limit", 50)
+        if not 1 <= limit <= MAX_LIST:
+            raise ApiError("bad-request", f"limit must be in 1..{MAX_LIST}")
+        states = _str_list(args, "states")
+        for state in states or []:
+            if state not in {s.value for s in JobState}:
+                raise ApiError("invalid", f"unknown state {state!r}")
+        kinds = _str_list(args, "kinds")
+        for kind in kinds or []:
+            if kind not in JOB_KINDS:
+                raise ApiError("invalid", f"unknown job kind {kind!r}")
+        before = args.get("before_id")
+        jobs = self.engine.list(
+            limit=limit,
+            states=states,
+            kinds=kinds,
+            target=args.get("target") if isinstance(args.get("target"), str) else None,
+            before_id=None if before is None else _int_arg(args, "before_id"),
+        )
+        return [job.brief() for job in jobs]
+
+    def _job(self, args: dict[str, Any]) -> Job:
+        job_id = _int_arg(args, "id")
+        job = self.engine.get(job_id)
+        if job is None:
+            raise ApiError("not-found", f"no job {job_id}")
+        return job
+
+    def jobs_show(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return job_detail(self._job(args))
+
+    def jobs_submit(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        kind = _str_arg(args, "kind")
+        if kind not in SUBMITTABLE_KINDS:
+            raise ApiError("invalid", f"{kind!r} jobs cannot be queued here: {SUBMITTABLE_KINDS}")
+        target = _str_arg(args, "target")
+        self._node(target)
+        params = args.get("params", {})
+        if not isinstance(params, dict):
+            raise ApiError("bad-request", "params must be an object")
+        summary = args.get("summary")
+        if summary is not None and not isinstance(summary, dict):
+            raise ApiError("bad-request", "summary must be an object")
+        priority = _int_arg(args, "priority", 0)
+        try:
+            job = self.engine.submit(kind, target, params, priority=priority, summary=summary)
+        except JobError as exc:
+            raise ApiError("invalid", str(exc)) from None
+        return job.brief()
+
+    def jobs_action(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        job = self._job(args)
+        action = _str_arg(args, "action")
+        if action not in ACTIONS:
+            raise ApiError("invalid", f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+        extra: dict[str, Any] = {}
+        if action == "reroute":
+            target = _str_arg(args, "target")
+            self._node(target)
+            extra["target"] = target
+        if action == "priority":
+            extra["priority"] = _int_arg(args, "priority")
+        try:
+            return self.engine.act(job.id, action, **extra).brief()
+        except JobError as exc:
+            raise ApiError("invalid", str(exc)) from None
+
+    # --- nodes and configuration ---------------------------------------------------------
+
+    def _node(self, name: str) -> Node:
+        try:
+            return self.config.node(name)
+        except ConfigError:
+            raise ApiError("not-found", f"no node named {name!r}") from None
+
+    def nodes_list(self, args: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
+        return [asdict(node) for node in self.config.nodes()]
+
+    def nodes_echo(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        from appliance import scu
+
+        node = self._node(_str_arg(args, "name"))
+        started = time.monotonic()
+        result = scu.echo(self.config.settings(), node)
+        return {
+            "ok": result.ok,
+            "message": result.describe(),
+            "seconds": round(time.monotonic() - started, 4),
+        }
+
+    def nodes_add(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        fields = args.get("node")
+        if not isinstance(fields, dict):
+            raise ApiError("bad-request", "node must be an object of node fields")
+        try:
+            node = Node.from_mapping(dict(fields))
+            self.config.add_node(node, replace=bool(args.get("replace", False)))
+        except (ConfigError, TypeError) as exc:
+            raise ApiError("invalid", str(exc)) from None
+        return asdict(node)
+
+    def nodes_remove(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = _str_arg(args, "name")
+        self._node(name)
+        self.config.remove_node(name)
+        return {"removed": name}
+
+    def config_get(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return asdict(self.config.settings())
+
+    def config_set(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        key = _str_arg(args, "key")
+        if key not in Settings.keys():
+            raise ApiError("invalid", f"{key}: unknown setting")
+        if "value" not in args:
+            raise ApiError("bad-request", "value is required")
+        try:
+            stored = self.config.set(key, args["value"])
+        except ConfigError as exc:
+            raise ApiError("invalid", str(exc)) from None
+        return {"key": key, "value": stored}
+
+    def retry_list(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        settings = self.config.settings()
+        default = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            first_delay=settings.retry_first_delay,
+            multiplier=settings.retry_multiplier,
+            max_delay=settings.retry_max_delay,
+        )
+        return {"default": asdict(default), "overrides": self.config.retry_policies()}
+
+    def retry_set(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        scope = _str_arg(args, "scope")
+        values = args.get("values")
+        if not isinstance(values, dict):
+            raise ApiError("bad-request", "values must be an object")
+        try:
+            return self.config.set_retry_policy(scope, values)
+        except ConfigError as exc:
+            raise ApiError("invalid", str(exc)) from None
+
+    def retry_clear(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        scope = _str_arg(args, "scope")
+        try:
+            self.config.clear_retry_policy(scope)
+        except ConfigError as exc:
+            raise ApiError("not-found", str(exc)) from None
+        return {"cleared": scope}
