@@ -28,6 +28,7 @@ from tests.factories import ct_dataset, write_ct_series
 from tests.peers import LOOPBACK, free_port, wait_for_port
 from tests.scp_helpers import (
     encode_dataset,
+    sop_instance_uid_of,
     storescu,
     succeeded_files,
 )
@@ -633,3 +634,53 @@ def test_acknowledged_instances_are_forwarded_after_a_sigkill(config, data_dir, 
         archive.close()
     assert (job.kind, job.target) == ("forward", "PACS")
     assert job.params["sop_instance_uids"] == sent_uids(files)
+
+
+# --- with the job engine: forward jobs delivered to a DCMTK storescp -----------------------------
+
+
+def test_forward_jobs_deliver_only_the_matching_instances(
+    config, archive, data_dir, tmp_path, storescp
+) -> None:
+    from appliance.events import EventBus
+    from appliance.job_engine import JobEngine
+    from appliance.job_store import JobStore
+    from appliance.jobs import JobState
+
+    config.set("disk_reserve_mb", 0)
+    config.set("routing_quiet_seconds", 0.5)
+    config.add_node(Node(name="SCP", ae_title=storescp.ae_title, host=LOOPBACK, port=storescp.port))
+    config.add_routing_rule(RoutingRule(name="ct", modalities=["CT"], destinations=["SCP"]))
+    jobs = JobStore(data_dir)
+    engine = JobEngine(jobs, config, archive, EventBus(), data_dir)
+    engine.start()
+    router = Router(config, engine.submit, archive, data_dir)
+    router.start()
+    server, listener = serving(config, archive, router)
+    try:
+        study = generate_uid()
+        ct = write_ct_series(tmp_path / "ct", 3, rows=8, columns=8, study_uid=study)
+        mr_ds = ct_dataset(study_uid=study, rows=8, columns=8)
+        mr_ds.Modality = "MR"
+        mr = tmp_path / "mr.dcm"
+        mr_ds.save_as(mr, enforce_file_format=True)
+        result = storescu(listener, [*ct, mr], calling="CT_SCANNER")  # type: ignore[arg-type]
+        assert len(succeeded_files(result.stdout + result.stderr)) == 4
+        deadline = time.monotonic() + 30
+        forwarded: list[Job] = []
+        while time.monotonic() < deadline:
+            forwarded = engine.list(kinds=["forward"])
+            if forwarded and all(j.is_final for j in forwarded):
+                break
+            time.sleep(0.1)
+    finally:
+        router.stop()
+        server.shutdown(1)
+        engine.stop(5)
+        jobs.close()
+    (job,) = forwarded
+    assert (job.target, job.state) == ("SCP", JobState.SUCCEEDED)
+    assert job.summary["patient_name"] == "DOE^JOHN"
+    assert sorted(i.sop_instance_uid for i in job.instances) == sorted(sent_uids(ct))
+    received = sorted(sop_instance_uid_of(f) for f in storescp.files())
+    assert received == sorted(sent_uids(ct))
