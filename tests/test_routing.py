@@ -684,3 +684,33 @@ def test_forward_jobs_deliver_only_the_matching_instances(
     assert sorted(i.sop_instance_uid for i in job.instances) == sorted(sent_uids(ct))
     received = sorted(sop_instance_uid_of(f) for f in storescp.files())
     assert received == sorted(sent_uids(ct))
+
+
+def test_daemon_killed_before_the_quiet_time_forwards_after_its_restart(
+    daemon_factory, storescp, tmp_path
+) -> None:
+    daemon = daemon_factory(routing_quiet_seconds=3600)
+    for argv in (
+        ("node", "add", "SCP", "--ae-title", storescp.ae_title, "--host", LOOPBACK),
+        ("route", "add", "scanner", "--to", "SCP", "--calling-ae", "CT_SCANNER"),
+    ):
+        extra = ("--port", str(storescp.port)) if argv[0] == "node" else ()
+        result = daemon.cli(*argv, *extra)
+        assert result.returncode == 0, result.stderr
+    bad = daemon.cli("route", "add", "x", "--to", "NOPE")
+    assert bad.returncode == 2 and "'NOPE' is not a configured node" in bad.stderr
+    daemon.start()
+    files = write_ct_series(tmp_path / "study", 3, rows=8, columns=8)
+    result = storescu(daemon, files, calling="CT_SCANNER")
+    assert len(succeeded_files(result.stdout + result.stderr)) == 3
+    daemon.kill()
+    assert storescp.files() == []
+
+    daemon.configure(routing_quiet_seconds=0.5)
+    daemon.start()
+    deadline = time.monotonic() + 30
+    while len(storescp.files()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(sop_instance_uid_of(f) for f in storescp.files()) == sorted(sent_uids(files))
+    listed = json.loads(daemon.cli("route", "list", "--json").stdout)
+    assert [(r["name"], r["destinations"]) for r in listed] == [("scanner", ["SCP"])]
