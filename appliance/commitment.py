@@ -1146,10 +1146,12 @@ def request_commitment(
     store.add_outgoing(outgoing)
     reported = threading.Event()
 
-    def on_report(event: evt.Event) -> int | Dataset:
+    def on_report(event: evt.Event) -> tuple[int | Dataset, None]:
         status = receive_report(store, event, node.ae_title, via="same association")
         reported.set()
-        return status
+        # pynetdicom wants (status, Event Reply) from an N-EVENT-REPORT handler: a bare status
+        # makes it abort the association instead of answering the report.
+        return status, None
 
     assoc, connected = _associate(settings, node, handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
     if not assoc.is_established:
