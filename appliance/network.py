@@ -570,6 +570,8 @@ class DicomServer:
     ) -> None:
         """Report a C-STORE: a storage event, and the listeners when it was stored.
         Never raises: nothing here may change the C-STORE's status."""
+        if self.events is None and not self._storage_listeners:
+            return
         try:
             ds = outcome.dataset if outcome is not None else None
             stats = self._stats.get(id(event.assoc))
