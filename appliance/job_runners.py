@@ -335,9 +335,21 @@ def _commit_sent(ctx: RunContext, node: Node) -> None:
     references = [(str(i.sop_class_uid), i.sop_instance_uid) for i in stored]
     result = commitment_cli.request(ctx.settings, node, references, ctx.data_dir)
     if result.state == commitment.REFUSED:
-        raise AttemptFailed(
-            f"storage commitment: {result.error}", retryable=_commitment_retryable(result.error)
-        )
+        # Not committed: stored again and committed by the next attempt when the request may
+        # work then (a lost association), failed for good when the node refused it.
+        retryable = _commitment_retryable(result.error)
+        for instance in stored:
+            ctx.record(
+                replace(
+                    instance,
+                    status=FAILED,
+                    committed=False,
+                    retryable=retryable,
+                    error=f"stored but not committed: {result.error}",
+                ),
+                attempted=False,
+            )
+        raise AttemptFailed(f"storage commitment: {result.error}", retryable=retryable)
     waited = result.deadline - result.requested_at
     for (_sop_class, uid), outcome, reason in result.outcomes():
         before = ctx.instance(uid)
@@ -365,8 +377,9 @@ def _commit_sent(ctx: RunContext, node: Node) -> None:
 
 
 def _commitment_retryable(error: str) -> bool:
-    # The N-ACTION's own failure status will not change; a lost association may.
-    return not error.startswith("N-ACTION answered")
+    # The N-ACTION's own failure status will not change, nor a node without the Storage
+    # Commitment SOP class; a lost or refused association may.
+    return not error.startswith("N-ACTION answered") and "accepted none of the" not in error
 
 
 # --- commitment --------------------------------------------------------------------------------

@@ -468,6 +468,23 @@ def test_send_with_commit_marks_uncommitted_instances_failed(env: Env, tmp_path:
     assert all(i.committed for i in again.instances)
 
 
+def test_send_with_commit_to_a_node_without_commitment_fails_after_storing(
+    env: Env, tmp_path: Path, storescps
+):
+    scp = start_storescp(storescps, tmp_path / "scp")  # storage only
+    env.add_node("pacs", scp.port)
+    paths = write_ct_series(tmp_path / "in", 2)
+    engine = env.engine()
+    job = engine.submit("send", "pacs", {"paths": [str(tmp_path / "in")], "commit": True})
+    failed = env.wait_state(job.id, "failed")
+    assert failed.attempts == 1
+    assert received(scp.folder) == sorted(uid_of(p) for p in paths)
+    for instance in failed.instances:
+        assert instance.committed is False and instance.status_code == "0x0000"
+        assert "stored but not committed: peer accepted none of" in instance.error
+    assert failed.error.startswith("storage commitment: peer accepted none of")
+
+
 def test_commitment_job(env: Env, scripted):
     peer = ScriptedSCP(commit_refuse={"1.2.3.2"})
     scripted.append(peer)
