@@ -108,6 +108,7 @@ class RunContext:
         self._engine = engine
         self._last_save = 0.0
         self._dirty = False
+        self.ended = False  # the engine has recorded the end of the attempt
         self._index: dict[str, int] = {}
         self._reindex()
 
@@ -201,6 +202,17 @@ class RunContext:
             self._dirty = False
             brief = self.job.brief()
         self._engine.events.publish("job", brief)
+
+    def flush_if_due(self) -> None:
+        """Save changes not saved yet once SAVE_INTERVAL has passed (the scheduler calls this
+        for runners busy elsewhere); nothing after the attempt has ended."""
+        with self.lock:
+            if (
+                self._dirty
+                and not self.ended
+                and time.monotonic() - self._last_save >= SAVE_INTERVAL
+            ):
+                self.flush()
 
     def snapshot(self) -> Job:
         with self.lock:
@@ -473,7 +485,21 @@ class JobEngine:
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + self.retention_interval
                 self.prune()
+            if self._flush_dirty():
+                wait = min(wait, SAVE_INTERVAL)
             self._wake.wait(wait)
+
+    def _flush_dirty(self) -> bool:
+        """Save the progress a runner recorded but did not save (it is within SAVE_INTERVAL of
+        its last save, and busy); whether jobs are running."""
+        with self._lock:
+            running = list(self._running.values())
+        for ctx in running:
+            try:
+                ctx.flush_if_due()
+            except Exception:
+                LOG.exception("job %d: cannot save its progress", ctx.job.id)
+        return bool(running)
 
     def _dispatch(self) -> float | None:
         """Start every job that may start now; the time the next waiting one becomes due."""
@@ -597,6 +623,7 @@ class JobEngine:
                 self._complete(job, now)
             job.updated = now
             self.store.save(job)
+            ctx.ended = True
             self._running.pop(job.id, None)
             brief = job.brief()
             LOG.info("job %d (%s to %s): %s", job.id, job.kind, job.target, job.log[-1][1])

@@ -162,6 +162,33 @@ def test_every_transition_is_stored_before_its_event(env, gate):
     assert seen == ["queued", "running", "succeeded"]
 
 
+def test_progress_is_saved_at_most_every_half_second_and_never_lost(env):
+    release = threading.Event()
+
+    def busy(ctx: RunContext) -> None:
+        for number in range(300):
+            ctx.record(InstanceResult(f"1.2.3.{number}", status=SUCCESS))
+        # A runner busy elsewhere (a slow association release): its progress is saved for it.
+        release.wait(10)
+
+    engine = env.engine()
+    engine.register("print", busy)
+    subscription = env.events.subscribe({"job"})
+    started = time.monotonic()
+    job = printer_job(engine)
+    wait_for(lambda: env.store.get(job.id).counts()["success"] == 300, what="saved progress")
+    assert env.state(job.id) == "running"
+    release.set()
+    env.wait_state(job.id, "succeeded")
+    elapsed = time.monotonic() - started
+    events = 0
+    while (event := subscription.get(timeout=0.2)) is not None:
+        events += event.data["id"] == job.id
+    subscription.close()
+    # queued, running, the end, and progress at most twice a second (plus the first record).
+    assert events <= 4 + elapsed / 0.5 + 1, (events, elapsed)
+
+
 # --- operator actions ------------------------------------------------------------------------
 
 
