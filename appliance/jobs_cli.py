@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ EXIT_USAGE = 2
 EXIT_WARNINGS = 3
 WAIT_POLL_SECONDS = 0.25
 
+ATTEMPT_STARTED = re.compile(r"^attempt \d+ of \d+ started")
 JOB_ACTIONS = ("pause", "resume", "cancel", "retry", "reroute", "priority")
 
 
@@ -353,7 +355,16 @@ def queue_job(
     else:
         for instance in final.get("instances", []):
             print(instance_line(instance))
+        for _when_logged, text in last_attempt_log(final):
+            print(f"log: {text}")
         if final.get("error") and final["state"] != JobState.SUCCEEDED:
             print(f"error: {final['error']}")
         print(job_summary(final))
     return exit_code_for(final)
+
+
+def last_attempt_log(job: dict[str, Any]) -> list[list[Any]]:
+    """The log lines of the job's last attempt: what happened, in the runner's own words."""
+    log = job.get("log", [])
+    starts = [n for n, (_, text) in enumerate(log) if ATTEMPT_STARTED.match(str(text))]
+    return log[starts[-1] :] if starts else log

@@ -276,16 +276,15 @@ def test_we_ask_orthanc_and_its_report_reaches_the_daemon(daemon_and_orthanc, tm
     daemon, orthanc = daemon_and_orthanc
     files = write_files(tmp_path / "send", 3)
 
-    result = daemon.cli("send", "orthanc", *map(str, files), "--commit", "--json")
+    result = daemon.cli("send", "orthanc", *map(str, files), "--commit", "--json", "--wait")
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
-    output = json.loads(result.stdout)
-    assert output["summary"]["success"] == 3
-    committed = output["commitment"]
-    assert committed["status"] == "committed"
-    assert committed["counts"]["committed"] == 3
+    job = json.loads(result.stdout)
+    assert job["state"] == "succeeded" and job["counts"]["success"] == 3
+    assert all(i["committed"] is True for i in job["instances"])
     # Orthanc reports on a new association, to the daemon, which matched it by Transaction UID.
-    assert committed["report_via"] == "new association"
-    assert committed["reported_by"] == "ORTHANC"
+    (request,) = outgoing_records(daemon)
+    assert request["report_via"] == "new association"
+    assert request["reported_by"] == "ORTHANC"
     assert "matches no request" not in daemon.log()
 
     # An instance Orthanc never received: 0112.
@@ -299,12 +298,12 @@ def test_we_ask_orthanc_and_its_report_reaches_the_daemon(daemon_and_orthanc, tm
 def test_send_commit_text_output(daemon_and_orthanc, tmp_path: Path):
     daemon, _orthanc = daemon_and_orthanc
     files = write_files(tmp_path / "send", 2)
-    result = daemon.cli("send", "orthanc", *map(str, files), "--commit")
+    result = daemon.cli("send", "orthanc", *map(str, files), "--commit", "--wait")
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-2] == "sent 2: 2 success, 0 warning, 0 failed"
-    assert lines[-1].startswith("commitment 2.25.")
-    assert "committed: 2 committed, 0 failed, 0 uncommitted" in lines[-1]
+    assert lines[-1].startswith("job 1 succeeded: 2 success, 0 warning, 0 failed")
+    assert any(line.startswith("log: asking orthanc to commit 2 instance(s)") for line in lines)
+    assert sum(line.startswith("success") for line in lines) == 2
 
 
 # --- the same association --------------------------------------------------------------------

@@ -282,14 +282,20 @@ def test_limit_stops_after_n_matches(pacs, pacs_data, move_daemon):
 
 def test_retrieve_by_move_lands_in_our_running_daemon(pacs, pacs_data, move_daemon):
     study = pacs_data.doe
-    result = cli(move_daemon.data_dir, "retrieve", "pacs", "--study", study.uid)
+    # The running daemon takes the retrieve as a job; --wait follows it to the end.
+    result = cli(move_daemon.data_dir, "retrieve", "pacs", "--study", study.uid, "--wait")
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
     out = result.stdout
-    assert "by C-MOVE to APPLIANCE" in out.splitlines()[0]
-    assert "completed" in out and "remaining" in out  # progress lines
     assert "3 of 3 instances received, 0 failed, 0 missing" in out
+    assert out.splitlines()[-1].startswith("job 1 succeeded: 3 success")
+    assert "retrieving" in result.stderr  # progress of the running job
     assert archived(move_daemon.data_dir, study.instances) == set(study.instances)
     assert "C-STORE" not in result.stderr
+
+    # Without --wait it prints the job's id and returns at once.
+    queued = cli(move_daemon.data_dir, "retrieve", "pacs", "--study", study.uid)
+    assert queued.returncode == EXIT_OK, queued.stderr
+    assert queued.stdout.strip() == "2"
 
 
 def test_retrieve_one_series_by_move(pacs, pacs_data, move_daemon):
@@ -297,13 +303,14 @@ def test_retrieve_one_series_by_move(pacs, pacs_data, move_daemon):
     series_uid, uids = next((s, u) for s, u in study.series.items() if len(u) == 1)
     result = cli(
         move_daemon.data_dir, "retrieve", "pacs", "--study", study.uid, "--series", series_uid,
-        "--json",
+        "--json", "--wait",
     )  # fmt: skip
     assert result.returncode == EXIT_OK, result.stderr
-    report = json.loads(result.stdout)
-    assert report["method"] == "move" and report["level"] == "SERIES"
-    assert report["summary"]["expected"] == 1 and report["summary"]["received"] == 1
-    assert [i["sop_instance_uid"] for i in report["instances"]] == uids
+    job = json.loads(result.stdout)
+    assert job["kind"] == "retrieve" and job["state"] == "succeeded"
+    assert job["params"]["series_uids"] == [series_uid]
+    assert job["counts"]["total"] == 1 and job["counts"]["success"] == 1
+    assert [i["sop_instance_uid"] for i in job["instances"]] == uids
     assert archived(move_daemon.data_dir, uids) == set(uids)
 
 
@@ -688,14 +695,18 @@ def test_dcmqrscp_query_move_and_get(daemon_factory, tmp_path):
         assert no_study.returncode == EXIT_FAILED
         assert "StudyInstanceUID" in no_study.stderr
 
-        moved = cli(daemon.data_dir, "retrieve", "qr", "--study", doe.uid)
+        moved = cli(daemon.data_dir, "retrieve", "qr", "--study", doe.uid, "--wait")
         assert moved.returncode == EXIT_OK, moved.stdout + moved.stderr
         assert "3 of 3 instances received" in moved.stdout
         assert archived(daemon.data_dir, doe.instances) == set(doe.instances)
 
-        got = cli(daemon.data_dir, "retrieve", "qr", "--study", smith.uid, "--method", "get")
+        got = cli(
+            daemon.data_dir, "retrieve", "qr", "--study", smith.uid, "--method", "get", "--wait"
+        )
         assert got.returncode == EXIT_OK, got.stdout + got.stderr
-        assert "by C-GET" in got.stdout and "2 of 2 instances received" in got.stdout
+        assert "2 of 2 instances received" in got.stdout
+        shown = json.loads(cli(daemon.data_dir, "jobs", "show", "2", "--json").stdout)
+        assert shown["params"]["method"] == "get" and shown["state"] == "succeeded"
         assert archived(daemon.data_dir, smith.instances) == set(smith.instances)
     finally:
         qr.stop()
