@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from appliance import __version__, commitment_cli, jobs_cli, qr_cli, routing_cli, workflow_cli
+from appliance import (
+    __version__,
+    commitment_cli,
+    jobs_cli,
+    qr_cli,
+    retry_cli,
+    routing_cli,
+    workflow_cli,
+)
 from appliance.config import NODE_SERVICES, ConfigError, ConfigStore, Node, Settings
 from appliance.paths import default_data_dir
 
@@ -94,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     workflow_cli.add_parsers(commands, common)
     jobs_cli.add_parsers(commands, common)
     routing_cli.add_parsers(commands, common)
+    retry_cli.add_parsers(commands, common)
     return parser
 
 
@@ -240,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return commitment_cli.run(args, store)
             if args.command in routing_cli.COMMANDS:
                 return routing_cli.run(args, store)
+            if args.command in retry_cli.COMMANDS:
+                return retry_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:
