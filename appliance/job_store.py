@@ -11,16 +11,16 @@ Layout of ``data_dir/jobs``:
   rewrites one shard of bounded size, however long the history.
 * ``history-NNNNNN.index.json``: for each sealed shard, one row per job (id, revision, state,
   kind, target, created, ended) and the identity (inode, size, mtime) of the shard file it was
-  made from. Opening the store reads these small files instead of the shards; a missing or stale
-  one is rebuilt from its shard.
+  made from. Opening the store reads these small files instead of the shards; a missing, torn or
+  stale one is rebuilt from its shard, so they are replaced by rename without fsync.
 
-Every file is written whole and atomically (temporary name, fsync, rename, directory fsync),
-behind one lock. Every stored job carries a revision (``_rev``), one more on each save. A job
-that moves between files is written to its new file first and removed from the old one second:
-a crash in between leaves it in both, and opening the store keeps the copy with the higher
-revision (for a job that has just finished: the one in the history) and removes the other. A
-file that is not valid JSON is renamed aside (``NAME.corrupt-DATE-TIME``) with an error in the
-log, and the store opens with the rest.
+Every job file is written whole and atomically (temporary name, fsync, rename, directory
+fsync), behind one lock. Every stored job carries a revision (``_rev``), one more on each
+save. A job that moves between files is written to its new file first and removed from the
+old one second: a crash in between leaves it in both, and opening the store keeps the copy
+with the higher revision (for a job that has just finished: the one in the history) and
+removes the other. A file that is not valid JSON is renamed aside (``NAME.corrupt-DATE-TIME``)
+with an error in the log, and the store opens with the rest.
 
 The store is for one process (the daemon); every ``Job`` it returns is a copy of its own.
 """
@@ -47,7 +47,7 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from appliance.fileio import atomic_write_bytes, fsync_dir, remove_stale_partials
+from appliance.fileio import PARTIAL_SUFFIX, atomic_write_bytes, fsync_dir, remove_stale_partials
 from appliance.jobs import FINAL_STATES, InstanceResult, Job, JobState
 
 LOG = logging.getLogger("appliance.jobs")
@@ -115,6 +115,20 @@ def _highest_id_in(path: Path) -> int:
     found += [int(m) for m in re.findall(r'"(\d+)":\s*\{', text)]
     found += [int(m) - 1 for m in re.findall(r'"next_id":\s*(\d+)', text)]
     return max(found, default=0)
+
+
+def _replace_unsynced(path: Path, payload: bytes) -> None:
+    """Replace ``path`` by rename, without fsync: for index files only. An index file names the
+    inode, size and mtime of the shard it describes, so one that a power cut left empty, torn
+    or old is noticed at the next start and rebuilt from its shard; it needs no durability,
+    and skipping the two fsyncs keeps sealing a shard cheap."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}{PARTIAL_SUFFIX}")
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class _FileStorage(Storage):
@@ -656,7 +670,7 @@ class JobStore:
         text = _dumps(
             {"v": _INDEX_VERSION, "file": [st.st_ino, st.st_size, st.st_mtime_ns], "rows": rows}
         )
-        atomic_write_bytes(self._index_path(shard), text.encode("utf-8"))
+        _replace_unsynced(self._index_path(shard), text.encode("utf-8"))
 
     def _read_index(self, shard: int) -> list[tuple[int, _Row]] | None:
         """The rows of a sealed shard from its index file; None when missing, bad or stale."""
