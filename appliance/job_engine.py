@@ -628,6 +628,34 @@ class JobEngine:
             brief = job.brief()
             LOG.info("job %d (%s to %s): %s", job.id, job.kind, job.target, job.log[-1][1])
         self.events.publish("job", brief)
+        self._alert(brief, first_failure=number == 1 and failure is not None)
+
+    def _alert(self, brief: dict[str, Any], *, first_failure: bool) -> None:
+        """What an operator must notice: a job that ended badly, a node that stopped answering."""
+        state = brief["state"]
+        if state in (JobState.FAILED, JobState.PARTIALLY_FAILED):
+            self.events.publish(
+                "alert",
+                {
+                    "level": "error",
+                    "source": "job",
+                    "job_id": brief["id"],
+                    "target": brief["target"],
+                    "text": f"{brief['kind']} job {brief['id']} to {brief['target']} {state}: "
+                    f"{brief['error']}",
+                },
+            )
+        elif state == JobState.WAITING_RETRY and first_failure:
+            self.events.publish(
+                "alert",
+                {
+                    "level": "warning",
+                    "source": "node",
+                    "job_id": brief["id"],
+                    "target": brief["target"],
+                    "text": f"{brief['target']}: {brief['error']}; retrying",
+                },
+            )
 
     @staticmethod
     def _give_up(job: Job, now: float, text: str) -> None:

@@ -231,11 +231,20 @@ def test_attempts_exhausted_fail_the_job_with_the_reason(env: Env, tmp_path: Pat
     env.config.set_retry_policy("node:gone", {"max_attempts": 2, "first_delay": 0.1})
     write_ct_series(tmp_path / "in", 2)
     engine = env.engine()
+    alerts = env.events.subscribe({"alert"})
     job = engine.submit("send", "gone", {"paths": [str(tmp_path / "in")]})
     failed = env.wait_state(job.id, "failed")
     assert failed.attempts == 2
     assert all(i.status == FAILED and "cannot connect" in i.error for i in failed.instances)
     assert "no attempts left (2 made)" in failed.log[-1][1]
+    # The console is told twice: the node stopped answering, then the job failed.
+    first, second = alerts.get(timeout=5), alerts.get(timeout=5)
+    assert first is not None and second is not None
+    assert (first.data["source"], first.data["level"]) == ("node", "warning")
+    assert "cannot connect" in first.data["text"] and first.data["target"] == "gone"
+    assert (second.data["source"], second.data["level"]) == ("job", "error")
+    assert second.data["job_id"] == job.id and "failed" in second.data["text"]
+    assert alerts.get(timeout=0.2) is None
 
 
 # --- per-instance statuses -------------------------------------------------------------------
