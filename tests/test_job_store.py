@@ -210,10 +210,14 @@ def test_crash_between_history_and_active_write(data_dir: Path, monkeypatch):
             raise OSError("simulated crash before the active file was rewritten")
         real(path, *chunks)
 
+    # The active file is rewritten through either writer (with or without the directory fsync).
+    real_no_dir_sync = job_store._replace_no_dir_sync
     monkeypatch.setattr(job_store, "atomic_write_bytes", crash_on_active)
+    monkeypatch.setattr(job_store, "_replace_no_dir_sync", crash_on_active)
     with pytest.raises(OSError, match="simulated crash"):
         finish(store, jobs[0])
     monkeypatch.setattr(job_store, "atomic_write_bytes", real)
+    monkeypatch.setattr(job_store, "_replace_no_dir_sync", real_no_dir_sync)
     jobs_dir = data_dir / JOBS_DIR
     assert 1 in stored_ids(jobs_dir / ACTIVE_FILE) and 1 in stored_ids(
         jobs_dir / "history-000001.json"
