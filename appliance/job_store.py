@@ -117,25 +117,6 @@ def _highest_id_in(path: Path) -> int:
     return max(found, default=0)
 
 
-def _replace_no_dir_sync(path: Path, payload: bytes) -> None:
-    """``atomic_write_bytes`` without the directory fsync: the file is whole (its data fsynced
-    before the rename) but after a power cut the name may still show the previous version."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}{PARTIAL_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _replace_unsynced(path: Path, payload: bytes) -> None:
     """Replace ``path`` by rename, without fsync: for index files only. An index file names the
     inode, size and mtime of the shard it describes, so one that a power cut left empty, torn
@@ -166,7 +147,9 @@ class _FileStorage(Storage):
         self._data: dict[str, Any] | None = None
         self._loaded = False
         self._batch = 0
-        self.sync_dir = True  # see JobStore.save: False only for one write, under the lock
+        # See JobStore.save: a change that the history already made durable is kept in memory
+        # and written with the next write of this file (or at close), not on its own.
+        self.deferred = False
         self._dirty = False
         self._pieces: dict[tuple[str, str], tuple[object, str]] = {}
 
@@ -199,7 +182,7 @@ class _FileStorage(Storage):
     def write(self, data: dict[str, Any]) -> None:
         self._data = data
         self._loaded = True
-        if self._batch:
+        if self._batch or self.deferred:
             self._dirty = True
         else:
             self._flush()
@@ -208,10 +191,7 @@ class _FileStorage(Storage):
         self._dirty = False
         try:
             payload = self._serialise(self._data or {})
-            if self.sync_dir:
-                atomic_write_bytes(self.path, payload)
-            else:
-                _replace_no_dir_sync(self.path, payload)
+            atomic_write_bytes(self.path, payload)
         except BaseException:
             self.forget()
             raise
@@ -255,6 +235,8 @@ class _FileStorage(Storage):
             self._flush()
 
     def close(self) -> None:
+        if self._dirty and not self._batch:
+            self._flush()
         self.forget()
 
 
@@ -351,16 +333,18 @@ class JobStore:
                 if stored is not None and not final:
                     _put(self._db, self._jobs, job.id, doc)
                 elif stored is not None:
-                    # The history write makes the change durable; the active file is then
-                    # rewritten whole but without the directory fsync: after a power cut it may
-                    # still hold the job, and opening keeps the history's newer copy.
+                    # The history write makes the change durable. The active file's copy is
+                    # dropped in memory and written out with the next change of the active file
+                    # (or at close): until then the file still holds the job at its older
+                    # revision, and opening keeps the history's newer copy. One fsynced write
+                    # per finished job instead of two.
                     self._history_insert(job.id, doc)
                     storage = _storage(self._db)
-                    storage.sync_dir = False
+                    storage.deferred = True
                     try:
                         self._jobs.remove(doc_ids=[job.id])
                     finally:
-                        storage.sync_dir = True
+                        storage.deferred = False
                 elif final:
                     assert row is not None
                     self._history_replace(job.id, doc, row)
