@@ -57,7 +57,11 @@ def add_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     retry.add_argument("id", type=int)
     retry.add_argument(
-        "--failed-only", action="store_true", help="send only the instances that failed"
+        "--failed-only",
+        "--failed",
+        dest="failed_only",
+        action="store_true",
+        help="send only the instances that failed",
     )
     retry.add_argument("--json", action="store_true", help="print JSON")
     reroute = jobs_cmds.add_parser(
