@@ -16,6 +16,7 @@ from appliance.control import control_socket_path
 from appliance.control_client import ControlClient
 from tests.factories import write_ct_series
 from tests.peers import LOOPBACK, StoreSCP, free_port
+from tests.test_job_send import CT_ONLY_CONFIG, write_mr
 
 FAST_RETRY = {
     "retry_first_delay": 1,
@@ -228,3 +229,33 @@ def test_bad_clients_get_errors_and_the_daemon_keeps_serving(daemon_factory):
     assert json.loads(daemon.cli("config", "show", "--json").stdout)["ae_title"] != "HACKED"
     assert daemon.cli("status").returncode == 0
     assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def test_refused_class_partially_fails_and_retry_failed_only_sends_it(daemon_factory, tmp_path):
+    daemon = daemon_factory(**FAST_RETRY).start()
+    config = tmp_path / "ct-only.cfg"
+    config.write_text(CT_ONLY_CONFIG)
+    ct_only = StoreSCP(tmp_path / "ct-only", extra=("-xf", str(config), "CTOnly"))
+    add_node(daemon, "pacs", ct_only.ae_title, ct_only.port)
+    cts = write_ct_series(tmp_path / "in", 2)
+    mr_uid = write_mr(tmp_path / "in" / "mr.dcm")
+
+    result = daemon.cli("send", "pacs", str(tmp_path / "in"), "--wait", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    partial = json.loads(result.stdout)
+    assert partial["state"] == "partially-failed" and partial["attempts"] == 1
+    (failed,) = [i for i in partial["instances"] if i["status"] == "failed"]
+    assert failed["sop_instance_uid"] == mr_uid and "presentation context" in failed["error"]
+    assert len(ct_only.files()) == len(cts)
+
+    # Field service reconfigures the node; the technologist retries only what failed.
+    ct_only.stop()
+    everything = StoreSCP(tmp_path / "all", port=ct_only.port)
+    try:
+        result = daemon.cli("jobs", "retry", str(partial["id"]), "--failed-only")
+        assert result.returncode == 0, result.stderr
+        done = wait_job(daemon, partial["id"], {"succeeded", "failed", "partially-failed"})
+        assert done["state"] == "succeeded"
+        assert received_uids(everything) == [mr_uid]
+    finally:
+        everything.stop()
