@@ -1,0 +1,160 @@
+"""The console's only way to the appliance: the daemon's control API, with the console's role.
+
+Blocking calls (a Unix socket round trip, or a remote C-FIND through the daemon): screens run
+them in thread workers, never in a handler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from appliance.control import ApiError, control_socket_path
+from appliance.control_client import ControlClient, DaemonUnavailable, EventStream
+
+__all__ = ["ApiError", "ApplianceClient", "DaemonUnavailable", "EventStream"]
+
+TECHNOLOGIST = "technologist"
+SERVICE = "service"
+
+
+class ApplianceClient:
+    """Typed calls to the daemon. Starts as a technologist; ``unlock`` asks for service mode."""
+
+    def __init__(self, socket_path: Path, timeout: float = 30.0) -> None:
+        self.socket_path = Path(socket_path)
+        self._control = ControlClient(self.socket_path, role=TECHNOLOGIST, timeout=timeout)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> ApplianceClient:
+        return cls(control_socket_path(data_dir))
+
+    # --- connection and role ---------------------------------------------------------------
+
+    @property
+    def role(self) -> str:
+        return self._control.role
+
+    @property
+    def is_service(self) -> bool:
+        return self._control.role == SERVICE
+
+    def call(self, op: str, **args: Any) -> Any:
+        return self._control.call(op, **args)
+
+    def hello(self) -> dict[str, Any]:
+        return dict(self.call("hello"))
+
+    def subscribe(self, topics: list[str] | None = None) -> EventStream:
+        return self._control.subscribe(topics)
+
+    def unlock(self, password: str) -> dict[str, Any]:
+        """Service mode for this connection; ApiError("forbidden") with the reason otherwise."""
+        result = self.call("auth.unlock", password=password)
+        self._control.role = SERVICE
+        return dict(result or {})
+
+    def lock(self) -> None:
+        self._control.role = TECHNOLOGIST
+        try:
+            self.call("auth.lock")
+        except (ApiError, DaemonUnavailable):
+            pass  # locked on our side whatever the daemon says
+
+    def auth_status(self) -> dict[str, Any]:
+        return dict(self.call("auth.status"))
+
+    def close(self) -> None:
+        self._control.close()
+
+    # --- status and jobs -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.call("status"))
+
+    def jobs(
+        self,
+        *,
+        limit: int = 200,
+        states: list[str] | None = None,
+        kinds: list[str] | None = None,
+        target: str | None = None,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        return list(
+            self.call(
+                "jobs.list",
+                limit=limit,
+                states=states,
+                kinds=kinds,
+                target=target,
+                before_id=before_id,
+            )
+        )
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return dict(self.call("jobs.show", id=job_id))
+
+    def job_action(self, job_id: int, action: str, **extra: Any) -> dict[str, Any]:
+        """pause, resume, cancel, retry, retry-failed, reroute (target=), priority (priority=)."""
+        return dict(self.call("jobs.action", id=job_id, action=action, **extra))
+
+    def submit(
+        self, kind: str, target: str, params: dict[str, Any], *, priority: int = 0
+    ) -> dict[str, Any]:
+        return dict(
+            self.call("jobs.submit", kind=kind, target=target, params=params, priority=priority)
+        )
+
+    def send_studies(self, node: str, study_uids: list[str]) -> dict[str, Any]:
+        return self.submit("send", node, {"study_uids": study_uids})
+
+    def retrieve_studies(self, node: str, study_uids: list[str]) -> dict[str, Any]:
+        return self.submit("retrieve", node, {"study_uids": study_uids})
+
+    # --- archive and remote query ----------------------------------------------------------
+
+    def studies(self, **filters: Any) -> list[dict[str, Any]]:
+        """patient_name, patient_id, date_from, date_to, modality, accession, limit."""
+        return list(self.call("archive.studies", **{k: v for k, v in filters.items() if v}))
+
+    def series(self, study_uid: str) -> list[dict[str, Any]]:
+        return list(self.call("archive.series", study_uid=study_uid))
+
+    def remote_find(
+        self, node: str, level: str, keys: dict[str, str], limit: int | None = None
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {"node": node, "level": level, "keys": keys}
+        if limit:
+            args["limit"] = limit
+        return dict(self.call("qr.find", **args))
+
+    # --- nodes and configuration -----------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.call("nodes.list"))
+
+    def add_node(self, fields: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        return dict(self.call("nodes.add", node=fields, replace=replace))
+
+    def remove_node(self, name: str) -> None:
+        self.call("nodes.remove", name=name)
+
+    def echo(self, name: str) -> dict[str, Any]:
+        """{"ok": bool, "message": text, "seconds": round trip}."""
+        return dict(self.call("nodes.echo", name=name))
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.call("config.get"))
+
+    def set_setting(self, key: str, value: Any) -> dict[str, Any]:
+        return dict(self.call("config.set", key=key, value=value))
+
+    def retry_policies(self) -> dict[str, Any]:
+        return dict(self.call("retry.list"))
+
+    def set_retry_policy(self, scope: str, values: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.call("retry.set", scope=scope, values=values))
+
+    def clear_retry_policy(self, scope: str) -> None:
+        self.call("retry.clear", scope=scope)
