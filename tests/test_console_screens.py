@@ -1,0 +1,191 @@
+"""The console's Studies, Query/Retrieve, Nodes and Settings screens against a real daemon.
+
+Each screen runs alone in a small host app that offers what the console app offers a screen:
+``client`` (an ApplianceClient) and ``service_mode``. The peers are real: DCMTK storescu fills
+the archive, DCMTK storescp receives sends, a second appliance daemon answers C-FIND and
+retrieves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual.app import App
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Input, Static
+
+from console.base import RoleChanged
+from console.client import ApplianceClient
+from console.screens.nodes import NodeFormScreen, NodesScreen
+from tests.peers import LOOPBACK, free_port
+
+
+class ScreenHost(App[None]):
+    """The console app's contract for a screen: ``client`` and ``service_mode``."""
+
+    def __init__(self, client: ApplianceClient, screen: Screen, *, service: bool = False) -> None:
+        super().__init__()
+        self.client = client
+        self.service_mode = service
+        self.first_screen = screen
+
+    def on_mount(self) -> None:
+        self.push_screen(self.first_screen)
+
+    def set_service_mode(self, service: bool) -> None:
+        self.service_mode = service
+        for screen in self.screen_stack:
+            screen.post_message(RoleChanged(service))
+
+
+def service_client_for_tests(daemon) -> ApplianceClient:
+    """A client in service mode. Tests run as root, whom the daemon lets claim the role."""
+    client = ApplianceClient.for_data_dir(daemon.data_dir)
+    client._control.role = "service"
+    return client
+
+
+def technologist_client(daemon) -> ApplianceClient:
+    return ApplianceClient.for_data_dir(daemon.data_dir)
+
+
+async def wait_until(pilot, predicate: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.05)
+
+
+def text_of(app: App, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def table_keys(table: DataTable) -> list[str]:
+    return [str(row.key.value) for row in table.ordered_rows]
+
+
+def fill(form: Screen, **values: str) -> None:
+    for name, value in values.items():
+        form.query_one(f"#node-{name}", Input).value = value
+
+
+# --- Nodes ------------------------------------------------------------------------------------
+
+
+async def test_nodes_add_validate_echo_and_remove_in_service_mode(daemon, storescp):
+    client = service_client_for_tests(daemon)
+    app = ScreenHost(client, NodesScreen(), service=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not app.screen.query_one("#nodes-note", Static).display
+        await pilot.press("a")
+        form = await wait_until(
+            pilot, lambda: isinstance(app.screen, NodeFormScreen) and app.screen
+        )
+        fill(form, name="pacs", ae_title=storescp.ae_title, host=LOOPBACK, port="70000")
+        await pilot.press("ctrl+s")
+        error = await wait_until(pilot, lambda: text_of(app, "#node-port-error"))
+        assert error == "node.port: 70000 is out of range: allowed 1..65535"
+        assert form.query_one("#node-port-error").display
+        assert not text_of(app, "#node-host-error")
+        assert app.screen is form  # the form stays open for the operator to fix
+
+        fill(form, port=str(storescp.port))
+        await pilot.press("ctrl+s")
+        nodes = await wait_until(pilot, lambda: isinstance(app.screen, NodesScreen) and app.screen)
+        table = nodes.query_one("#nodes-table", DataTable)
+        await wait_until(pilot, lambda: table_keys(table) == ["pacs"])
+        assert [n["port"] for n in client.nodes()] == [storescp.port]
+
+        table.focus()
+        await pilot.press("e")
+        result = await wait_until(pilot, lambda: "round trip" in text_of(app, "#echo-result"))
+        result = text_of(app, "#echo-result")
+        assert "success" in result and "✓" in result, result
+        assert result.endswith(" ms)")
+
+        # A node nobody listens on: the exact failure the daemon reports.
+        dead = free_port()
+        await pilot.press("a")
+        form = await wait_until(
+            pilot, lambda: isinstance(app.screen, NodeFormScreen) and app.screen
+        )
+        fill(form, name="dead", ae_title="NOBODY", host=LOOPBACK, port=str(dead))
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: table_keys(table) == ["dead", "pacs"])
+        table.move_cursor(row=0)
+        await pilot.press("e")
+        await wait_until(pilot, lambda: "round trip" in text_of(app, "#echo-result"))
+        expected = client.echo("dead")["message"]
+        assert "FAILED" in expected and "cannot connect" in expected
+        result = text_of(app, "#echo-result")
+        assert result.startswith(f"✗ {expected} (round trip ")
+
+        # Remove with confirmation: "n" keeps it, "y" removes it.
+        await pilot.press("delete")
+        await wait_until(pilot, lambda: app.screen is not nodes)
+        await pilot.press("n")
+        await wait_until(pilot, lambda: app.screen is nodes)
+        assert table_keys(table) == ["dead", "pacs"]
+        await pilot.press("delete")
+        await wait_until(pilot, lambda: app.screen is not nodes)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: table_keys(table) == ["pacs"])
+        assert [n["name"] for n in client.nodes()] == ["pacs"]
+        assert "node dead removed" in text_of(app, "#echo-result")
+
+
+async def test_nodes_are_read_only_for_a_technologist_and_the_daemon_refuses_a_forced_change(
+    daemon, storescp
+):
+    assert (
+        daemon.cli(
+            "node", "add", "pacs", "--ae-title", "PACS", "--host", LOOPBACK, "--port", "104"
+        ).returncode
+        == 0
+    )
+    client = technologist_client(daemon)
+    app = ScreenHost(client, NodesScreen())
+    async with app.run_test(size=(80, 24)) as pilot:
+        nodes = app.screen
+        table = nodes.query_one("#nodes-table", DataTable)
+        await wait_until(pilot, lambda: table_keys(table) == ["pacs"])
+        assert text_of(app, "#nodes-note") == "read-only: unlock service mode with ctrl+u"
+        assert all(nodes.query_one(f"#{b}", Button).disabled for b in ("add", "edit", "remove"))
+        assert not nodes.query_one("#echo", Button).disabled
+        await pilot.press("a")
+        await pilot.pause()
+        assert app.screen is nodes
+        assert "read-only" in text_of(app, "#echo-result")
+
+        # The form shows the node's fields, all disabled.
+        table.focus()
+        await pilot.press("enter")
+        form = await wait_until(
+            pilot, lambda: isinstance(app.screen, NodeFormScreen) and app.screen
+        )
+        assert form.query_one("#node-port", Input).value == "104"
+        assert all(form.query_one(f"#node-{f}").disabled for f, _ in NodeFormScreen.FIELDS)
+        assert form.query_one("#save", Button).disabled
+        assert text_of(app, "#form-note") == "read-only: unlock service mode with ctrl+u"
+        # Forced past the disabled form, the daemon refuses it.
+        form.submit()
+        refused = await wait_until(pilot, lambda: "not allowed" in text_of(app, "#form-message"))
+        assert refused
+        assert "nodes.add needs the service role" in text_of(app, "#form-message")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen is nodes)
+        nodes.remove_node("pacs")
+        await wait_until(pilot, lambda: "not allowed" in text_of(app, "#echo-result"))
+        assert [n["name"] for n in client.nodes()] == ["pacs"]
+
+        # Unlocked (the role message from the app), the same screen becomes editable.
+        client._control.role = "service"
+        app.set_service_mode(True)
+        await wait_until(pilot, lambda: not nodes.query_one("#add", Button).disabled)
+        assert not nodes.query_one("#nodes-note", Static).display
