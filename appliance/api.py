@@ -1,7 +1,9 @@
 """The control API's operations: what the console and the CLI may ask of the running daemon.
 
-``register_operations`` binds each operation name to the engine part that answers it. Reads and
-job actions are open to technologists; changing configuration and nodes is service-only.
+``Operations.register`` binds each operation name to the engine part that answers it. Reads, job
+actions, browsing the archive and querying remote nodes are open to technologists; changing
+configuration and nodes is service-only. The service-mode ops (``auth.*``) are the control
+server's own (``appliance.control``): they need the connection.
 """
 
 from __future__ import annotations
@@ -10,20 +12,27 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from appliance import __version__
-from appliance.archive import Archive
+from appliance import __version__, browse
+from appliance.archive import INDEX_FILE, Archive
 from appliance.config import ConfigError, ConfigStore, Node, Settings
 from appliance.control import ApiError, Caller, ControlServer
 from appliance.job_engine import JobEngine
 from appliance.jobs import ACTIONS, JOB_KINDS, Job, JobError, JobState, RetryPolicy
 from appliance.network import DicomServer
 
+if TYPE_CHECKING:
+    from appliance.routing import Router
+
 # Job kinds an operator may queue through the API; the others are queued by their own screens
 # and services (print, burn, import, anonymize register theirs when they exist).
 SUBMITTABLE_KINDS = ("send", "retrieve", "commitment", "forward")
 MAX_LIST = 1000
+# qr.find: levels the console drills through (Study Root), and the most matches it asks for.
+QR_FIND_LEVELS = ("study", "series")
+QR_FIND_DEFAULT_LIMIT = 500
+QR_FIND_MAX_LIMIT = 5000
 
 
 def _int_arg(args: dict[str, Any], name: str, default: int | None = None) -> int:
@@ -56,6 +65,16 @@ def _str_arg(args: dict[str, Any], name: str) -> str:
     return value
 
 
+def _opt_str(args: dict[str, Any], name: str) -> str | None:
+    """An optional text argument: None when absent, null or empty."""
+    value = args.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError("bad-request", f"{name} must be text")
+    return value.strip() or None
+
+
 def job_detail(job: Job) -> dict[str, Any]:
     doc = job.to_doc()
     doc["counts"] = job.counts()
@@ -74,13 +93,16 @@ class Operations:
         engine: JobEngine,
         server: DicomServer,
         started: float | None = None,
+        router: Router | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.config = config
         self.archive = archive
         self.engine = engine
         self.server = server
+        self.router = router
         self.started = started if started is not None else time.time()
+        self.control: ControlServer | None = None
 
     def register(self, control: ControlServer) -> None:
         open_to_all = {
@@ -93,6 +115,9 @@ class Operations:
             "nodes.echo": self.nodes_echo,
             "config.get": self.config_get,
             "retry.list": self.retry_list,
+            "archive.studies": self.archive_studies,
+            "archive.series": self.archive_series,
+            "qr.find": self.qr_find,
         }
         service_only = {
             "config.set": self.config_set,
@@ -101,6 +126,7 @@ class Operations:
             "retry.set": self.retry_set,
             "retry.clear": self.retry_clear,
         }
+        self.control = control
         for op, handler in open_to_all.items():
             control.register(op, handler)
         for op, handler in service_only.items():
@@ -138,6 +164,9 @@ class Operations:
             },
             "archive": {"instances": self.archive.count()},
             "jobs": {state.value: counts.get(state.value, 0) for state in JobState},
+            "service_password_set": self.config.service_password_set(),
+            "auth": None if self.control is None else self.control.auth_state(caller),
+            "routing": {"pending": None if self.router is None else len(self.router.pending())},
         }
 
     # --- jobs ----------------------------------------------------------------------------
@@ -292,3 +321,81 @@ class Operations:
         except ConfigError as exc:
             raise ApiError("not-found", str(exc)) from None
         return {"cleared": scope}
+
+    # --- the local archive (Studies screen) ----------------------------------------------
+
+    def archive_studies(self, args: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
+        limit = _int_arg(args, "limit", browse.DEFAULT_LIMIT)
+        if not 1 <= limit <= browse.MAX_LIMIT:
+            raise ApiError("bad-request", f"limit must be in 1..{browse.MAX_LIMIT}")
+        try:
+            flt = browse.StudyFilter(
+                patient_name=_opt_str(args, "patient_name"),
+                patient_id=_opt_str(args, "patient_id"),
+                date_from=_opt_str(args, "date_from"),
+                date_to=_opt_str(args, "date_to"),
+                modality=_opt_str(args, "modality"),
+                accession=_opt_str(args, "accession"),
+                limit=limit,
+            )
+        except browse.BrowseError as exc:
+            raise ApiError("invalid", str(exc)) from None
+        return browse.studies(self.data_dir / INDEX_FILE, flt)
+
+    def archive_series(self, args: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
+        study_uid = _str_arg(args, "study_uid").strip()
+        try:
+            found = browse.series(self.data_dir / INDEX_FILE, study_uid)
+        except browse.BrowseError as exc:
+            raise ApiError("invalid", str(exc)) from None
+        if found is None:
+            raise ApiError("not-found", f"the archive has no study {study_uid}")
+        return found
+
+    # --- remote query (Query/Retrieve screen) --------------------------------------------
+
+    def qr_find(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        from appliance import qr_scu
+
+        node = self._node(_str_arg(args, "node"))
+        level = _str_arg(args, "level")
+        if level not in QR_FIND_LEVELS:
+            raise ApiError("invalid", f"level must be one of {', '.join(QR_FIND_LEVELS)}")
+        limit = _int_arg(args, "limit", QR_FIND_DEFAULT_LIMIT)
+        if not 1 <= limit <= QR_FIND_MAX_LIMIT:
+            raise ApiError("bad-request", f"limit must be in 1..{QR_FIND_MAX_LIMIT}")
+        raw_keys = args.get("keys", {})
+        if raw_keys is None:
+            raw_keys = {}
+        if not isinstance(raw_keys, dict):
+            raise ApiError("bad-request", "keys must be an object of keyword: value")
+        keys = []
+        for name, value in raw_keys.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+                raise ApiError("bad-request", f"keys.{name} must be text, a number or null")
+            text = None if value is None or value == "" else str(value)
+            try:
+                keys.append(qr_scu.QueryKey(qr_scu.resolve_tag(name), text))
+            except qr_scu.QueryError as exc:
+                raise ApiError("invalid", f"keys.{name}: {exc}") from None
+        missing = qr_scu.missing_parent_keys(level, "study", keys)
+        if missing:
+            raise ApiError(
+                "invalid", f"a {level}-level query needs a value for {', '.join(missing)}"
+            )
+        try:
+            result = qr_scu.query(
+                self.config.settings(), node, level=level, keys=keys, model="study", limit=limit
+            )
+        except qr_scu.QueryError as exc:
+            raise ApiError("invalid", str(exc)) from None
+        return {
+            "ok": result.ok,
+            "status": result.message,
+            "status_code": None if result.status is None else f"0x{result.status:04X}",
+            "outcome": result.outcome,
+            "cancelled": result.cancelled,
+            "notes": list(result.notes),
+            "columns": [qr_scu.column_label(tag) for tag in result.columns],
+            "rows": result.rows(),
+        }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     setter = config_cmds.add_parser("set", parents=[common], help="change one setting")
     setter.add_argument("key", choices=Settings.keys(), metavar="KEY")
     setter.add_argument("value", metavar="VALUE")
+
+    password = commands.add_parser(
+        "service-password",
+        parents=[common],
+        help="set the field-service password that unlocks service mode in the console",
+        description="Set the field-service password: typed twice on a terminal, else one line "
+        "read from standard input. Only its scrypt hash is stored.",
+    )
+    password.add_argument(
+        "--clear", action="store_true", help="remove it (service mode can then not be unlocked)"
+    )
 
     node = commands.add_parser("node", parents=[common], help="manage remote DICOM nodes")
     node_cmds = node.add_subparsers(dest="node_command", required=True)
@@ -126,6 +138,40 @@ def cmd_config(args: argparse.Namespace, store: ConfigStore) -> int:
     width = max(len(k) for k in settings)
     for key, value in settings.items():
         print(f"{key:<{width}}  {_format_value(value):<32}  # {Settings.describe(key)}")
+    return EXIT_OK
+
+
+def read_new_password() -> str | None:
+    """The new password: asked twice on a terminal, else one line of standard input.
+
+    None (after saying why on standard error) when the two entries differ or nothing came.
+    """
+    if sys.stdin.isatty():
+        first = getpass.getpass("New service password: ")
+        second = getpass.getpass("Repeat it: ")
+        if first != second:
+            print("error: the two passwords differ; nothing changed", file=sys.stderr)
+            return None
+        return first
+    line = sys.stdin.readline()
+    if not line:
+        print("error: no password on standard input; nothing changed", file=sys.stderr)
+        return None
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def cmd_service_password(args: argparse.Namespace, store: ConfigStore) -> int:
+    if args.clear:
+        if store.clear_service_password():
+            print("service password removed: service mode cannot be unlocked in the console")
+        else:
+            print("no service password was set")
+        return EXIT_OK
+    password = read_new_password()
+    if password is None:
+        return EXIT_USAGE
+    store.set_service_password(password)
+    print("service password set (stored as a scrypt hash)")
     return EXIT_OK
 
 
@@ -237,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_config(args, store)
             if args.command == "node":
                 return cmd_node(args, store)
+            if args.command == "service-password":
+                return cmd_service_password(args, store)
             if args.command == "send":
                 return cmd_send(args, store)
             if args.command == "query":

@@ -8,10 +8,14 @@ atomically (temporary name, fsync, rename, directory fsync).
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -285,6 +289,11 @@ class Settings:
     control_group: str = _setting(
         "", _group_name, "group allowed to use the control socket (empty: the daemon's group)"
     )
+    service_idle_minutes: int = _setting(
+        10,
+        _int_range(1, 1440),
+        "minutes without a service request after which field-service mode locks again",
+    )
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -432,6 +441,88 @@ class RoutingRule:
         return not self.sop_classes or sop_class_uid.strip() in self.sop_classes
 
 
+# --- the field-service password ----------------------------------------------------------------
+
+SERVICE_PASSWORD_MIN = 8
+SERVICE_PASSWORD_MAX = 1024
+# scrypt cost: about 80 ms and 32 MiB per check on the appliance's CPU.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+_SCRYPT_DKLEN = 32
+_SCRYPT_MAX_MEMORY = 2**30
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def validate_service_password(password: object) -> str:
+    if not isinstance(password, str):
+        raise ConfigError("service.password", "must be text")
+    if len(password) < SERVICE_PASSWORD_MIN:
+        raise ConfigError(
+            "service.password",
+            f"is too short: at least {SERVICE_PASSWORD_MIN} characters (it has {len(password)})",
+        )
+    if len(password) > SERVICE_PASSWORD_MAX:
+        raise ConfigError(
+            "service.password", f"is too long: at most {SERVICE_PASSWORD_MAX} characters"
+        )
+    return password
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8", "surrogatepass"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        dklen=dklen,
+        maxmem=min(_SCRYPT_MAX_MEMORY, 128 * r * (n + p + 2) + 2**20),
+    )
+
+
+def hash_service_password(password: str) -> dict[str, Any]:
+    """The stored form of a password: scrypt with a random salt, and its parameters."""
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, _SCRYPT_DKLEN)
+    return {
+        "algorithm": "scrypt",
+        "n": SCRYPT_N,
+        "r": SCRYPT_R,
+        "p": SCRYPT_P,
+        "salt": salt.hex(),
+        "hash": digest.hex(),
+    }
+
+
+def _validate_password_hash(doc: object) -> dict[str, Any]:
+    """A stored password hash, checked field by field; raises ConfigError naming the field."""
+    name = "service.password_hash"
+    if not isinstance(doc, dict):
+        raise ConfigError(name, "must be an object (algorithm, n, r, p, salt, hash)")
+    unknown = set(doc) - {"algorithm", "n", "r", "p", "salt", "hash"}
+    if unknown:
+        raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown field")
+    if doc.get("algorithm") != "scrypt":
+        raise ConfigError(f"{name}.algorithm", f"{doc.get('algorithm')!r} is not scrypt")
+    n = _int_range(2, 2**20)(f"{name}.n", doc.get("n"))
+    if n & (n - 1):
+        raise ConfigError(f"{name}.n", f"{n} is not a power of 2")
+    r = _int_range(1, 64)(f"{name}.r", doc.get("r"))
+    p = _int_range(1, 16)(f"{name}.p", doc.get("p"))
+    if 128 * r * (n + p + 2) > _SCRYPT_MAX_MEMORY:
+        raise ConfigError(name, "n and r ask for more than 1 GiB of memory")
+    for key, lo, hi in (("salt", 8, 64), ("hash", 16, 64)):
+        value = doc.get(key)
+        if not isinstance(value, str) or not _HEX.match(value) or not lo <= len(value) // 2 <= hi:
+            raise ConfigError(
+                f"{name}.{key}", f"must be {lo} to {hi} bytes as lower-case hexadecimal"
+            )
+        if len(value) % 2:
+            raise ConfigError(f"{name}.{key}", "has an odd number of hexadecimal digits")
+    return {"algorithm": "scrypt", "n": n, "r": r, "p": p, "salt": doc["salt"], "hash": doc["hash"]}
+
+
 class ConfigStore:
     """The appliance's configuration, validated, with one writer at a time."""
 
@@ -445,11 +536,13 @@ class ConfigStore:
         self._nodes_table = self._db.table("nodes")
         self._retry_table = self._db.table("retry_policies")
         self._routing_table = self._db.table("routing_rules")
+        self._service_table = self._db.table("service")
         # Refuse to go on with a bad file rather than guess: validate everything now.
         self.settings()
         self.nodes()
         self.retry_policies()
         self.routing_rules()
+        self._password_hash()
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -463,6 +556,7 @@ class ConfigStore:
                 self._nodes_table.clear_cache()
                 self._retry_table.clear_cache()
                 self._routing_table.clear_cache()
+                self._service_table.clear_cache()
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -653,6 +747,60 @@ class ConfigStore:
         with self._writer():
             if not self._routing_table.remove(Query().name == name):
                 raise ConfigError("route", f"no routing rule named {name!r}")
+
+    # the field-service password: only its scrypt hash is stored, in the "service" table
+
+    def _password_hash(self) -> dict[str, Any] | None:
+        with self._lock:
+            self._service_table.clear_cache()
+            docs = [dict(doc) for doc in self._service_table.all()]
+        if not docs:
+            return None
+        if len(docs) > 1:
+            raise ConfigError("service", "holds more than one entry")
+        unknown = set(docs[0]) - {"password_hash", "set_at"}
+        if unknown:
+            raise ConfigError(f"service.{sorted(unknown)[0]}", "unknown field")
+        set_at = docs[0].get("set_at", 0)
+        if isinstance(set_at, bool) or not isinstance(set_at, int | float):
+            raise ConfigError("service.set_at", "must be a time (seconds since the epoch)")
+        if "password_hash" not in docs[0]:
+            raise ConfigError("service.password_hash", "is required")
+        return _validate_password_hash(docs[0]["password_hash"])
+
+    def service_password_set(self) -> bool:
+        return self._password_hash() is not None
+
+    def set_service_password(self, password: str) -> None:
+        """Store the scrypt hash of ``password`` (at least 8 characters), never the text."""
+        stored = hash_service_password(validate_service_password(password))
+        with self._writer():
+            self._service_table.truncate()
+            self._service_table.insert({"password_hash": stored, "set_at": time.time()})
+
+    def clear_service_password(self) -> bool:
+        """Remove the password (service mode can then not be unlocked); whether one was set."""
+        with self._writer():
+            had = bool(self._service_table.all())
+            self._service_table.truncate()
+        return had
+
+    def check_service_password(self, password: str) -> bool:
+        """Whether ``password`` is the service password; compared in constant time."""
+        stored = self._password_hash()
+        if stored is None or not isinstance(password, str):
+            return False
+        if len(password) > SERVICE_PASSWORD_MAX:
+            return False
+        digest = _scrypt(
+            password,
+            bytes.fromhex(stored["salt"]),
+            stored["n"],
+            stored["r"],
+            stored["p"],
+            len(stored["hash"]) // 2,
+        )
+        return hmac.compare_digest(digest, bytes.fromhex(stored["hash"]))
 
 
 def load_settings(data_dir: Path) -> Settings:

@@ -18,7 +18,12 @@ answers once, then the connection carries one line per event,
 ``{"v": 1, "event": {"topic": ..., "time": ..., "data": {...}}}`` (with ``"lost": n`` when the
 client did not keep up and ``n`` events were dropped before this one) until the client closes.
 
-The service role is granted only to a peer whose uid (SO_PEERCRED) is 0 or the daemon's own.
+The service role is granted to a peer whose uid (SO_PEERCRED) is 0 or the daemon's own, and to
+any peer on a connection that ``auth.unlock`` unlocked with the field-service password, until
+``service_idle_minutes`` pass without a service-role request on it (each one restarts that
+time); ``auth.lock`` locks it again. ``auth.unlock``, ``auth.lock`` and ``auth.status`` answer
+whatever role the request claims (a refused service claim is served as a technologist's).
+Unlocks, failed unlocks, locks and idle expiry are logged (logger ``appliance.audit``).
 Nothing a client sends can stop the daemon: every connection has its own thread, their number
 is bounded, and a handler's unexpected exception becomes an ``internal`` error.
 """
@@ -38,9 +43,9 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from appliance import __version__
 from appliance.config import ConfigError
@@ -48,6 +53,7 @@ from appliance.events import TOPICS, EventBus, Subscription
 from appliance.jobs import JobError
 
 LOG = logging.getLogger("appliance.control")
+AUDIT = logging.getLogger("appliance.audit")
 
 API_VERSION = 1
 SOCKET_NAME = "control.sock"
@@ -72,6 +78,10 @@ SEND_TIMEOUT = 30.0
 _POLL = 0.5
 # The longest path a sockaddr_un holds (108 bytes with the terminating NUL).
 _SUN_PATH_MAX = 107
+# A wrong service password is answered this much later (password checks take turns, so
+# guessing is slow however many connections try).
+FAILED_UNLOCK_DELAY = 0.5
+DEFAULT_SERVICE_IDLE_MINUTES = 10
 
 
 def control_socket_path(data_dir: Path) -> Path:
@@ -97,18 +107,78 @@ class ControlSocketError(Exception):
     """The control socket cannot be set up (path taken, group missing, permissions)."""
 
 
+class ServiceSession:
+    """One connection's field-service state: unlocked until ``deadline`` (monotonic seconds)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.deadline: float | None = None
+        self.idle_seconds = 0.0
+        # Why the connection is locked when it was unlocked before (shown with a refusal).
+        self.locked_reason = ""
+
+    def unlock(self, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self.deadline = self._clock() + idle_seconds
+        self.locked_reason = ""
+
+    def lock(self, reason: str = "") -> bool:
+        """Lock; whether it was unlocked."""
+        was = self.deadline is not None
+        self.deadline = None
+        self.locked_reason = reason
+        return was
+
+    def expired(self) -> bool:
+        """Whether it was unlocked and its idle time has run out (it is then locked)."""
+        if self.deadline is None or self._clock() < self.deadline:
+            return False
+        minutes = self.idle_seconds / 60
+        self.lock(f"service mode locked again after {minutes:g} minutes without a service request")
+        return True
+
+    @property
+    def unlocked(self) -> bool:
+        return self.deadline is not None and self._clock() < self.deadline
+
+    def refresh(self, idle_seconds: float) -> bool:
+        """For a service-role request: whether unlocked, and if so its idle time starts again."""
+        if not self.unlocked:
+            return False
+        self.unlock(idle_seconds)
+        return True
+
+    def expires_in(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, round(self.deadline - self._clock(), 1))
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the role granted, and the peer's credentials from the kernel."""
+    """Who sent a request: the role granted, and the peer's credentials from the kernel.
+
+    ``session`` is the connection's service-mode state (None for a caller made outside a
+    connection).
+    """
 
     role: str
     uid: int
     gid: int
     pid: int
+    session: ServiceSession | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_service(self) -> bool:
         return self.role == "service"
+
+
+class PasswordCheck(Protocol):
+    """Where the field-service password is kept (``ConfigStore``)."""
+
+    def service_password_set(self) -> bool: ...
+
+    def check_service_password(self, password: str) -> bool: ...
 
 
 Handler = Callable[[dict[str, Any], Caller], Any]
@@ -120,6 +190,8 @@ class _Op:
     service_only: bool
     # Streams after its reply; served by the connection itself.
     streaming: bool = False
+    # Served even when the service role the request claims is refused (as a technologist's).
+    any_role: bool = False
 
 
 def service_role_refusal(peer_uid: int, daemon_uid: int | None = None) -> str | None:
@@ -188,6 +260,7 @@ class _Connection:
         self.server = server
         self.sock = sock
         self.pid, self.uid, self.gid = peer_credentials(sock)
+        self.session = ServiceSession()
 
     def send(self, message: dict[str, Any]) -> None:
         try:
@@ -252,8 +325,9 @@ class _Connection:
             return None
         request_id = request.get("id")
         try:
-            op, args, caller = self._check(request)
+            op, args, role = self._check(request)
             entry = self.server.op(op)
+            caller = self._caller(role, entry)
             if entry.service_only and not caller.is_service:
                 raise ApiError("forbidden", f"{op} needs the service role")
             if entry.streaming:
@@ -283,7 +357,7 @@ class _Connection:
             raise _Closed from exc
         return None
 
-    def _check(self, request: dict[str, Any]) -> tuple[str, dict[str, Any], Caller]:
+    def _check(self, request: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
         version = request.get("v")
         if "v" not in request:
             raise ApiError("bad-request", 'the request has no "v" (protocol version)')
@@ -304,11 +378,36 @@ class _Connection:
         role = request.get("role", "technologist")
         if role not in ROLES:
             raise ApiError("bad-request", f'"role" must be one of {", ".join(ROLES)}')
+        return op, args, role
+
+    def _caller(self, role: str, entry: _Op) -> Caller:
+        """The caller of a request claiming ``role``; raises forbidden for a refused claim."""
         if role == "service":
-            refusal = service_role_refusal(self.uid, self.server.daemon_uid)
+            refusal = self._service_refusal()
             if refusal is not None:
-                raise ApiError("forbidden", refusal)
-        return op, args, Caller(role=role, uid=self.uid, gid=self.gid, pid=self.pid)
+                if not entry.any_role:
+                    raise ApiError("forbidden", refusal)
+                role = "technologist"
+        return Caller(role=role, uid=self.uid, gid=self.gid, pid=self.pid, session=self.session)
+
+    def _service_refusal(self) -> str | None:
+        """Why this connection may not use the service role now, or None when it may."""
+        refusal = service_role_refusal(self.uid, self.server.daemon_uid)
+        if refusal is None:
+            return None
+        if self.session.expired():
+            AUDIT.info(
+                "service mode locked after %g minutes idle (uid %d, pid %d)",
+                self.session.idle_seconds / 60,
+                self.uid,
+                self.pid,
+            )
+        if self.session.refresh(self.server.service_idle_seconds()):
+            return None
+        hint = "; unlock service mode with auth.unlock and the service password"
+        if self.session.locked_reason:
+            return f"{self.session.locked_reason}{hint}"
+        return f"{refusal}{hint}"
 
     def stream_events(self, subscription: Subscription) -> None:
         """Send events until the client closes its end or the server stops."""
@@ -370,12 +469,17 @@ class ControlServer:
         *,
         group: str | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        passwords: PasswordCheck | None = None,
+        service_idle_minutes: Callable[[], float] | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.events = events
         self.group = group or None
         self.max_connections = max_connections
         self.daemon_uid = os.geteuid()
+        self.passwords = passwords
+        self._service_idle_minutes = service_idle_minutes
+        self._password_lock = threading.Lock()
         self.stopping = False
         self._ops: dict[str, _Op] = {}
         self._lock = threading.Lock()
@@ -387,6 +491,9 @@ class ControlServer:
         self._inode: tuple[int, int] | None = None
         self.register("hello", self._hello)
         self._ops["events.subscribe"] = _Op(_no_handler, service_only=False, streaming=True)
+        self._ops["auth.unlock"] = _Op(self._auth_unlock, service_only=False, any_role=True)
+        self._ops["auth.lock"] = _Op(self._auth_lock, service_only=False, any_role=True)
+        self._ops["auth.status"] = _Op(self._auth_status, service_only=False, any_role=True)
 
     # --- ops ------------------------------------------------------------------------------
 
@@ -414,6 +521,88 @@ class ControlServer:
         except Exception as exc:
             LOG.exception("control op %s failed", op)
             raise ApiError("internal", f"{op} failed: {exc}") from exc
+
+    # --- field-service mode ----------------------------------------------------------------
+
+    def service_idle_minutes(self) -> float:
+        if self._service_idle_minutes is None:
+            return DEFAULT_SERVICE_IDLE_MINUTES
+        return self._service_idle_minutes()
+
+    def service_idle_seconds(self) -> float:
+        return self.service_idle_minutes() * 60
+
+    def password_set(self) -> bool:
+        return self.passwords is not None and self.passwords.service_password_set()
+
+    def auth_state(self, caller: Caller) -> dict[str, Any]:
+        """The caller's service-mode state, as ``auth.status`` answers it."""
+        session = caller.session
+        if session is not None and session.expired():
+            AUDIT.info(
+                "service mode locked after %g minutes idle (uid %d, pid %d)",
+                session.idle_seconds / 60,
+                caller.uid,
+                caller.pid,
+            )
+        unlocked = session is not None and session.unlocked
+        privileged = service_role_refusal(caller.uid, self.daemon_uid) is None
+        minutes = self.service_idle_minutes()
+        return {
+            "role": caller.role,
+            "unlocked": unlocked,
+            "expires_in": session.expires_in() if session is not None and unlocked else None,
+            "password_set": self.password_set(),
+            "idle_minutes": int(minutes) if float(minutes).is_integer() else minutes,
+            # Root and the daemon's user have the service role without unlocking.
+            "privileged": privileged,
+            "service_allowed": privileged or unlocked,
+        }
+
+    def _auth_unlock(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        password = args.get("password")
+        if not isinstance(password, str) or not password:
+            raise ApiError("bad-request", "password is required (text)")
+        if caller.session is None:
+            raise ApiError("internal", "auth.unlock needs a connection")
+        if not self.password_set():
+            AUDIT.warning(
+                "service unlock refused: no service password is set (uid %d, pid %d)",
+                caller.uid,
+                caller.pid,
+            )
+            raise ApiError(
+                "forbidden",
+                "no service password is set: set one on the appliance with "
+                "`dicom-appliance service-password`",
+            )
+        assert self.passwords is not None
+        # One check at a time, the delay included: guesses cannot run in parallel.
+        with self._password_lock:
+            good = self.passwords.check_service_password(password)
+            if not good:
+                time.sleep(FAILED_UNLOCK_DELAY)
+        if not good:
+            AUDIT.warning(
+                "service unlock failed: wrong password (uid %d, pid %d)", caller.uid, caller.pid
+            )
+            raise ApiError("forbidden", "wrong service password; service mode stays locked")
+        caller.session.unlock(self.service_idle_seconds())
+        AUDIT.info(
+            "service mode unlocked for %g minutes idle (uid %d, pid %d)",
+            self.service_idle_minutes(),
+            caller.uid,
+            caller.pid,
+        )
+        return self.auth_state(caller)
+
+    def _auth_lock(self, _args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        if caller.session is not None and caller.session.lock():
+            AUDIT.info("service mode locked (uid %d, pid %d)", caller.uid, caller.pid)
+        return self.auth_state(caller)
+
+    def _auth_status(self, _args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return self.auth_state(caller)
 
     def _hello(self, _args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {

@@ -91,10 +91,19 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     router = Router(store, engine.submit, archive, data_dir)
     server.add_storage_listener(router.on_stored)
     control = ControlServer(
-        control_socket_path(data_dir), events, group=settings.control_group or None
+        control_socket_path(data_dir),
+        events,
+        group=settings.control_group or None,
+        passwords=store,
+        service_idle_minutes=lambda: store.settings().service_idle_minutes,
     )
     Operations(
-        data_dir=data_dir, config=store, archive=archive, engine=engine, server=server
+        data_dir=data_dir,
+        config=store,
+        archive=archive,
+        engine=engine,
+        server=server,
+        router=router,
     ).register(control)
 
     def close_stores() -> None:

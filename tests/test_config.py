@@ -59,6 +59,8 @@ BAD_VALUES = [
     ("job_retention_count", -5, "0..10000000"),
     ("routing_quiet_seconds", 86401, "0..86400"),
     ("control_group", "Bad Group", "not a group name"),
+    ("service_idle_minutes", 0, "1..1440"),
+    ("service_idle_minutes", 1441, "1..1440"),
 ]
 
 GOOD_VALUES = [
@@ -95,6 +97,7 @@ GOOD_VALUES = [
     ("job_retention_count", "100000", 100000),
     ("routing_quiet_seconds", "5", 5.0),
     ("control_group", "dicom-console", "dicom-console"),
+    ("service_idle_minutes", "30", 30),
 ]
 
 
