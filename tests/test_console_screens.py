@@ -8,6 +8,7 @@ retrieves.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,8 @@ from textual.widgets import Button, DataTable, Input, Static
 from console.base import RoleChanged
 from console.client import ApplianceClient
 from console.screens.nodes import NodeFormScreen, NodesScreen
-from tests.peers import LOOPBACK, free_port
+from console.screens.settings import SettingsScreen
+from tests.peers import LOOPBACK, appliance_cmd, free_port, run
 
 
 class ScreenHost(App[None]):
@@ -40,10 +42,19 @@ class ScreenHost(App[None]):
             screen.post_message(RoleChanged(service))
 
 
+SERVICE_PASSWORD = "field-service-pass"
+
+
 def service_client_for_tests(daemon) -> ApplianceClient:
-    """A client in service mode. Tests run as root, whom the daemon lets claim the role."""
+    """A client unlocked into service mode with a service password set by the CLI."""
+    result = run(
+        appliance_cmd("service-password", "--data-dir", str(daemon.data_dir)),
+        input=SERVICE_PASSWORD + "\n",
+    )
+    assert result.returncode == 0, result.stderr
     client = ApplianceClient.for_data_dir(daemon.data_dir)
-    client._control.role = "service"
+    client.unlock(SERVICE_PASSWORD)
+    assert client.is_service
     return client
 
 
@@ -185,7 +196,80 @@ async def test_nodes_are_read_only_for_a_technologist_and_the_daemon_refuses_a_f
         assert [n["name"] for n in client.nodes()] == ["pacs"]
 
         # Unlocked (the role message from the app), the same screen becomes editable.
-        client._control.role = "service"
+        service_client_for_tests(daemon)
+        client.unlock(SERVICE_PASSWORD)
         app.set_service_mode(True)
         await wait_until(pilot, lambda: not nodes.query_one("#add", Button).disabled)
         assert not nodes.query_one("#nodes-note", Static).display
+
+
+# --- Settings ---------------------------------------------------------------------------------
+
+
+def stored_settings(daemon) -> dict:
+    result = daemon.cli("config", "show", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def test_settings_edit_in_service_mode_with_validation_and_retry_policy(daemon):
+    client = service_client_for_tests(daemon)
+    app = ScreenHost(client, SettingsScreen(), service=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        field = await wait_until(pilot, lambda: screen.query("#setting-max_associations"))
+        field = screen.query_one("#setting-max_associations", Input)
+        assert field.value == "10" and not field.disabled
+        assert not screen.query_one("#settings-note", Static).display
+
+        field.focus()
+        field.value = ""
+        await pilot.press("2", "4", "enter")
+        await wait_until(pilot, lambda: "saved" in text_of(app, "#settings-message"))
+        assert text_of(app, "#settings-message") == "saved max_associations"
+        assert stored_settings(daemon)["max_associations"] == 24
+
+        # A bad value: the daemon's message under its field; the other change is stored.
+        field.value = "500"
+        screen.query_one("#setting-job_workers", Input).value = "3"
+        await pilot.press("ctrl+s")
+        error = await wait_until(pilot, lambda: text_of(app, "#setting-max_associations-error"))
+        assert error == "max_associations: 500 is out of range: allowed 1..256"
+        assert "not saved: max_associations" in text_of(app, "#settings-message")
+        stored = stored_settings(daemon)
+        assert stored["max_associations"] == 24 and stored["job_workers"] == 3
+        await pilot.pause(0.3)
+        assert field.value == "500"  # kept as typed, to fix
+
+        # Retry policy override for send jobs, listed under the default.
+        screen.query_one("#retry-scope", Input).value = "kind:send"
+        screen.query_one("#retry-values", Input).value = "max_attempts=3 first_delay=5"
+        screen.query_one("#retry-values", Input).focus()
+        await pilot.press("enter")
+        table = screen.query_one("#retry-table", DataTable)
+        await wait_until(pilot, lambda: "kind:send" in table_keys(table))
+        assert table.get_row("kind:send")[1:3] == ["3", "5.0"]
+        assert client.retry_policies()["overrides"]["kind:send"]["max_attempts"] == 3
+        screen.query_one("#retry-values", Input).value = "max_attempts=0"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "max_attempts" in text_of(app, "#retry-message"))
+
+
+async def test_settings_are_read_only_for_a_technologist(daemon):
+    client = technologist_client(daemon)
+    app = ScreenHost(client, SettingsScreen())
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.query("#retry-set"))
+        await pilot.pause(0.2)
+        assert text_of(app, "#settings-note") == "read-only: unlock service mode with ctrl+u"
+        assert all(w.disabled for w in screen.query("#settings-form Input"))
+        assert screen.query_one("#setting-max_associations", Input).value == "10"
+        await pilot.press("ctrl+s")
+        assert "read-only" in text_of(app, "#settings-message")
+        # Forced past the disabled form, the daemon refuses it.
+        screen.save({"max_associations": "20"})
+        await wait_until(
+            pilot, lambda: "not allowed" in text_of(app, "#setting-max_associations-error")
+        )
+        assert stored_settings(daemon)["max_associations"] == 10
