@@ -11,17 +11,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pydicom
 from textual.app import App
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Input, Static
 
+from console.actions import register_study_action, unregister_study_action
 from console.base import RoleChanged
 from console.client import ApplianceClient
 from console.screens.nodes import NodeFormScreen, NodesScreen
 from console.screens.settings import SettingsScreen
-from tests.peers import LOOPBACK, appliance_cmd, free_port, run
+from console.screens.studies import StudiesScreen
+from console.widgets import NodePickerModal
+from tests.factories import write_ct_series
+from tests.peers import LOOPBACK, appliance_cmd, dcmtk, free_port, run
 
 
 class ScreenHost(App[None]):
@@ -273,3 +279,157 @@ async def test_settings_are_read_only_for_a_technologist(daemon):
             pilot, lambda: "not allowed" in text_of(app, "#setting-max_associations-error")
         )
         assert stored_settings(daemon)["max_associations"] == 10
+
+
+# --- Studies ----------------------------------------------------------------------------------
+
+
+def write_study(folder: Path, count: int, **attributes: str) -> list[Path]:
+    """A study of ``count`` small images; ``attributes`` (StudyDate, Modality...) overridden."""
+    names = {"PatientName": "patient_name", "PatientID": "patient_id"}
+    files = write_ct_series(
+        folder,
+        count,
+        rows=8,
+        columns=8,
+        **{names[k]: v for k, v in attributes.items() if k in names},
+    )
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for keyword, value in attributes.items():
+            if keyword not in names:
+                setattr(ds, keyword, value)
+        ds.save_as(path)
+    return files
+
+
+def storescu_into(daemon, files: list[Path], ae_title: str | None = None) -> None:
+    result = run(
+        [dcmtk("storescu"), "-aec", ae_title or daemon.ae_title, LOOPBACK, str(daemon.port)]
+        + [str(f) for f in files]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def study_uid_of(files: list[Path]) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+async def search(pilot, app, table: DataTable, expected: int, **values: str) -> list[str]:
+    screen = app.screen
+    for field in screen.query(".search-row Input").results(Input):
+        field.value = ""
+    for name, value in values.items():
+        screen.query_one(f"#search-{name}", Input).value = value
+    screen.query_one("#search-patient_name", Input).focus()
+    done = screen.searches
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: screen.searches > done)
+    assert table.row_count == expected
+    return table_keys(table)
+
+
+async def test_studies_search_send_to_a_storescp_node_and_study_action_hooks(
+    daemon, storescp, tmp_path
+):
+    doe = write_study(
+        tmp_path / "doe",
+        3,
+        PatientName="DOE^JOHN",
+        PatientID="PAT001",
+        StudyDate="20240115",
+        AccessionNumber="ACC001",
+    )
+    smith = write_study(
+        tmp_path / "smith",
+        2,
+        PatientName="SMITH^ANNA",
+        PatientID="PAT002",
+        StudyDate="20230301",
+        Modality="MR",
+        AccessionNumber="ACC777",
+    )
+    storescu_into(daemon, doe + smith)
+    doe_uid, smith_uid = study_uid_of(doe), study_uid_of(smith)
+    assert (
+        daemon.cli(
+            "node",
+            "add",
+            "pacs",
+            "--ae-title",
+            storescp.ae_title,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(storescp.port),
+        ).returncode
+        == 0
+    )
+    client = technologist_client(daemon)  # searching and sending are for everyone
+    app = ScreenHost(client, StudiesScreen())
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        table = screen.query_one("#studies-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2)
+        assert table_keys(table) == [doe_uid, smith_uid]  # newest first
+        assert text_of(app, "#studies-message") == "2 studies"
+
+        assert await search(pilot, app, table, 1, patient_name="smith*") == [smith_uid]
+        assert await search(pilot, app, table, 1, patient_id="PAT001") == [doe_uid]
+        assert await search(pilot, app, table, 1, modality="mr") == [smith_uid]
+        assert await search(pilot, app, table, 1, date_from="20240101") == [doe_uid]
+        assert await search(pilot, app, table, 1, date_from="2023-01-01", date_to="2023-12-31") == [
+            smith_uid
+        ]
+        assert await search(pilot, app, table, 1, accession="ACC00*") == [doe_uid]
+        assert await search(pilot, app, table, 0, patient_name="NOBODY") == []
+        # A filter the daemon refuses: its message, not a crash.
+        screen.query_one("#search-date_from", Input).value = "2024"
+        screen.query_one("#search-date_from", Input).focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "YYYYMMDD" in text_of(app, "#studies-message"))
+
+        assert await search(pilot, app, table, 2) == [doe_uid, smith_uid]
+        table.focus()
+        table.move_cursor(row=0)
+        series = screen.query_one("#series-table", DataTable)
+        await wait_until(pilot, lambda: series.row_count == 1)
+        assert series.get_row_at(0)[3] == "3"
+
+        # The hooks later issues fill: not available until registered.
+        await pilot.press("b")
+        assert text_of(app, "#studies-message") == "Burn: not available yet"
+        printed: list[list[str]] = []
+        register_study_action(
+            "print", "Print", lambda s, studies: printed.append([x["study_uid"] for x in studies])
+        )
+        try:
+            await pilot.press("p")
+            assert printed == [[doe_uid]]
+        finally:
+            unregister_study_action("print")
+        await pilot.press("p")
+        assert text_of(app, "#studies-message") == "Print: not available yet"
+
+        # Send the study under the cursor to the storescp node picked in the modal.
+        await pilot.press("s")
+        picker = await wait_until(
+            pilot, lambda: isinstance(app.screen, NodePickerModal) and app.screen
+        )
+        assert [n["name"] for n in picker.nodes] == ["pacs"]
+        await pilot.press("space", "enter")
+        await wait_until(pilot, lambda: "queued send job" in text_of(app, "#studies-message"))
+        message = text_of(app, "#studies-message")
+        job_id = int(message.split("#")[1].split()[0])
+        assert message == f"queued send job #{job_id} to pacs"
+        deadline = time.monotonic() + 60
+        while (job := client.job(job_id))["state"] not in (
+            "succeeded",
+            "failed",
+            "partially-failed",
+        ):
+            assert time.monotonic() < deadline, job
+            await pilot.pause(0.2)
+        assert job["state"] == "succeeded", job
+        assert job["counts"]["success"] == 3
+        assert len(storescp.files()) == 3
