@@ -17,12 +17,13 @@ from typing import Any
 import pydicom
 from textual.app import App
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Input, Static
+from textual.widgets import Button, DataTable, Input, Select, Static
 
 from console.actions import register_study_action, unregister_study_action
 from console.base import RoleChanged
 from console.client import ApplianceClient
 from console.screens.nodes import NodeFormScreen, NodesScreen
+from console.screens.query import QueryScreen
 from console.screens.settings import SettingsScreen
 from console.screens.studies import StudiesScreen
 from console.widgets import NodePickerModal
@@ -433,3 +434,93 @@ async def test_studies_search_send_to_a_storescp_node_and_study_action_hooks(
         assert job["state"] == "succeeded", job
         assert job["counts"]["success"] == 3
         assert len(storescp.files()) == 3
+
+
+# --- Query/Retrieve ---------------------------------------------------------------------------
+
+
+async def test_query_a_second_appliance_drill_into_series_and_retrieve_a_study(
+    daemon_factory, tmp_path
+):
+    peer = daemon_factory("peer", ae_title="PEERARCH").start()
+    main = daemon_factory().start()
+    doe = write_study(tmp_path / "doe", 3, PatientName="DOE^JOHN", PatientID="PAT001")
+    smith = write_study(
+        tmp_path / "smith", 2, PatientName="SMITH^ANNA", PatientID="PAT002", StudyDate="20230301"
+    )
+    storescu_into(peer, doe + smith)
+    doe_uid = study_uid_of(doe)
+    for daemon, name, ae, port in (
+        (main, "peer", "PEERARCH", peer.port),
+        (peer, "main", main.ae_title, main.port),  # the peer moves studies to us
+    ):
+        added = daemon.cli(
+            "node", "add", name, "--ae-title", ae, "--host", LOOPBACK, "--port", str(port)
+        )
+        assert added.returncode == 0, added.stderr
+    client = technologist_client(main)
+    app = ScreenHost(client, QueryScreen())
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.node() == "peer")
+        table = screen.query_one("#remote-studies", DataTable)
+
+        screen.query_one("#query-patient_name", Input).focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.queries == 1)
+        assert sorted(table_keys(table)) == sorted([doe_uid, study_uid_of(smith)])
+        assert text_of(app, "#query-message") == "peer: 2 studies"
+
+        field = screen.query_one("#query-patient_name", Input)
+        field.value = "DOE*"
+        field.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.queries == 2)
+        assert table_keys(table) == [doe_uid]
+        assert table.get_row_at(0)[1:4] == ["DOE^JOHN", "PAT001", "2024-01-15"]
+
+        # Drill into the series of the study.
+        table.focus()
+        await pilot.press("enter")
+        series = screen.query_one("#remote-series", DataTable)
+        await wait_until(pilot, lambda: series.row_count == 1)
+        assert series.get_row_at(0)[1] == "CT" and series.get_row_at(0)[3] == "3"
+
+        # Retrieve it: a job in the first daemon, which ends with the study in its archive.
+        await pilot.press("r")
+        await wait_until(pilot, lambda: "queued retrieve job" in text_of(app, "#query-message"))
+        message = text_of(app, "#query-message")
+        job_id = int(message.split("#")[1].split()[0])
+        assert message == f"queued retrieve job #{job_id} from peer"
+        deadline = time.monotonic() + 60
+        final = ("succeeded", "failed", "partially-failed")
+        while (job := client.job(job_id))["state"] not in final:
+            assert time.monotonic() < deadline, job
+            await pilot.pause(0.2)
+        assert job["state"] == "succeeded", job
+        assert [s["study_uid"] for s in client.studies()] == [doe_uid]
+        assert client.studies()[0]["instance_count"] == 3
+
+        # A node that does not answer: the failure, not a crash.
+        assert (
+            main.cli(
+                "node",
+                "add",
+                "gone",
+                "--ae-title",
+                "GONE",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(free_port()),
+            ).returncode
+            == 0
+        )
+        screen.load_nodes()
+        await pilot.pause(0.5)
+        screen.query_one("#query-node", Select).value = "gone"
+        field.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.queries == 3)
+        assert "cannot connect" in text_of(app, "#query-message")
+        assert table.row_count == 0
