@@ -69,6 +69,10 @@ class DashboardScreen(ConsoleScreen):
     DashboardScreen DataTable {
         height: auto;
         max-height: 8;
+        overflow-x: hidden;
+    }
+    DashboardScreen #dashboard {
+        scrollbar-size-vertical: 1;
     }
     DashboardScreen #alerts, DashboardScreen #storage {
         max-height: 6;
@@ -109,14 +113,31 @@ class DashboardScreen(ConsoleScreen):
         }
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
-        self.query_one("#services", DataTable).add_columns("Service", "AE title", "Port", "State")
-        self.query_one("#associations", DataTable).add_columns(
-            "Peer", "Calling AE", "Called AE", "For", "Last op", "Stored", "Failed"
-        )
-        self.query_one("#alerts", DataTable).add_columns("Time", "Alert")
-        self.query_one("#storage", DataTable).add_columns(
-            "Time", "From", "Patient", "Modality", "Result"
-        )
+        columns: dict[str, tuple[tuple[str, int], ...]] = {
+            "#services": (("Service", 7), ("AE title", 11), ("Port", 5), ("State", 9)),
+            "#associations": (
+                ("Peer", 15),
+                ("Calling AE", 16),
+                ("For", 7),
+                ("Last op", 9),
+                ("Stored", 6),
+                ("Failed", 6),
+                ("Called AE", 16),
+            ),
+            "#alerts": (("Time", 8), ("Alert", 100)),
+            "#storage": (
+                ("Time", 8),
+                ("From", 16),
+                ("Patient", 20),
+                ("Mod", 4),
+                ("Result", 14),
+            ),
+        }
+        # Fixed widths: the tables refill often and must not jump.
+        for selector, specs in columns.items():
+            table = self.query_one(selector, DataTable)
+            for label, width in specs:
+                table.add_column(label, width=width)
         self.set_interval(REFRESH_SECONDS, self.action_refresh)
         self.action_refresh()
         self._render_alerts()
@@ -161,11 +182,11 @@ class DashboardScreen(ConsoleScreen):
             (
                 f"{a.get('peer_address', '')}:{a.get('peer_port', '')}",
                 str(a.get("calling_ae", "")),
-                str(a.get("called_ae", "")),
                 human_duration(a.get("duration")),
                 str(a.get("last_op", "")),
                 str(a.get("stored", 0)),
                 str(a.get("failed", 0)),
+                str(a.get("called_ae", "")),
             )
             for a in associations
         ]
@@ -215,7 +236,9 @@ class DashboardScreen(ConsoleScreen):
                 (
                     self.app.format_time(event.get("time")),  # type: ignore[attr-defined]
                     str(event.get("calling_ae", "")),
-                    str(event.get("patient_name") or event.get("patient_id") or ""),
+                    str(event.get("patient_name") or event.get("patient_id") or "").replace(
+                        "^", " "
+                    ),
                     str(event.get("modality", "")),
                     result,
                 )
@@ -224,17 +247,12 @@ class DashboardScreen(ConsoleScreen):
 
     @staticmethod
     def _replace_rows(table: DataTable[Any], rows: list[tuple[str, ...]]) -> None:
-        """Small tables: update cells in place, add or drop rows at the end."""
-        current = table.row_count
-        for index, row in enumerate(rows):
-            if index < current:
-                for column, value in enumerate(row):
-                    if table.get_cell_at((index, column)) != value:
-                        table.update_cell_at((index, column), value)
-            else:
-                table.add_row(*row)
-        for index in range(current - 1, len(rows) - 1, -1):
-            table.remove_row(table.coordinate_to_cell_key((index, 0)).row_key)
+        """Small tables (a few rows): refilled only when their content changed."""
+        current = [tuple(str(v) for v in table.get_row_at(i)) for i in range(table.row_count)]
+        if current == rows:
+            return
+        table.clear()
+        table.add_rows(rows)
 
     # --- events ----------------------------------------------------------------------------
 

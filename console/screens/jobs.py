@@ -488,7 +488,7 @@ class JobDetailScreen(ConsoleScreen):
                 if index < table.row_count:
                     for column, value in enumerate(row):
                         if table.get_cell_at((index, column)) != value:
-                            table.update_cell_at((index, column), value)
+                            table.update_cell_at((index, column), value, update_width=True)
                 else:
                     table.add_row(*row, key=key)
             log = job.get("log") or []
