@@ -50,7 +50,7 @@ class NodeFormScreen(ConsoleScreen, ModalScreen[str | None]):
     }
     NodeFormScreen #form-title { text-style: bold; }
     NodeFormScreen .buttons { height: 1; margin-top: 1; }
-    NodeFormScreen .buttons Button { margin-right: 2; }
+    NodeFormScreen .buttons Button { width: auto; min-width: 8; margin-right: 2; }
     """
     )
     BINDINGS = [
@@ -201,7 +201,7 @@ class NodesScreen(ConsoleScreen):
     NodesScreen #nodes-table { height: 1fr; }
     NodesScreen #echo-result { height: auto; min-height: 1; }
     NodesScreen .buttons { height: 1; }
-    NodesScreen .buttons Button { margin-right: 1; }
+    NodesScreen .buttons Button { width: auto; min-width: 8; margin-right: 1; }
     """
     )
     BINDINGS = [
@@ -237,6 +237,7 @@ class NodesScreen(ConsoleScreen):
     def on_screen_resume(self) -> None:
         if self.is_mounted:
             self.apply_role()
+            self.action_refresh()
 
     def on_role_changed(self, message: RoleChanged) -> None:
         self.apply_role()

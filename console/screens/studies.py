@@ -77,6 +77,7 @@ class StudiesScreen(ConsoleScreen):
         self.marked: set[str] = set()
         self.series_of: str | None = None
         self.searches = 0  # answers shown so far
+        self._refresh_pending = False
 
     def compose(self) -> ComposeResult:
         fields = [
@@ -101,6 +102,10 @@ class StudiesScreen(ConsoleScreen):
         self.query_one("#studies-table", DataTable).focus()
         self.action_search()
 
+    def on_screen_resume(self) -> None:
+        if self.is_mounted and self.searches:
+            self.search(announce=False)  # studies may have arrived meanwhile
+
     # --- search ----------------------------------------------------------------------------
 
     def filters(self) -> dict[str, str]:
@@ -113,10 +118,14 @@ class StudiesScreen(ConsoleScreen):
         return {name: value for name, value in values.items() if value}
 
     def action_search(self) -> None:
+        self.search()
+
+    def search(self, *, announce: bool = True) -> None:
+        """Ask the daemon; ``announce`` shows the count in the message line."""
         filters = self.filters()
         self.call_in_background(
             lambda: self.client.studies(limit=500, **filters),
-            self.show_studies,
+            lambda studies: self.show_studies(studies, announce=announce),
             group="studies-search",
             on_error=self.show_failure,
         )
@@ -132,7 +141,7 @@ class StudiesScreen(ConsoleScreen):
     def show_failure(self, error: BaseException) -> None:
         set_message(self.query_one("#studies-message", Static), describe_error(error), error=True)
 
-    def show_studies(self, studies: list[dict[str, Any]]) -> None:
+    def show_studies(self, studies: list[dict[str, Any]], *, announce: bool = True) -> None:
         self.searches += 1
         table = self.query_one("#studies-table", DataTable)
         current = self.cursor_uid()
@@ -153,23 +162,24 @@ class StudiesScreen(ConsoleScreen):
         if current in self.studies:
             table.move_cursor(row=table.get_row_index(current))
         count = len(studies)
-        set_message(
-            self.query_one("#studies-message", Static),
-            f"{count} stud{'y' if count == 1 else 'ies'}"
-            + (" (first 500)" if count >= 500 else ""),
-        )
+        if announce:
+            set_message(
+                self.query_one("#studies-message", Static),
+                f"{count} stud{'y' if count == 1 else 'ies'}"
+                + (" (first 500)" if count >= 500 else ""),
+            )
         self.load_series()
 
     def on_daemon_events(self, message: DaemonEvents) -> None:
         # New instances stored: refresh the list (throttled) so they appear without a key.
         if any(event.get("topic") == "storage" for event in message.events):
-            if not getattr(self, "_refresh_pending", False):
+            if not self._refresh_pending:
                 self._refresh_pending = True
                 self.set_timer(2.0, self._refresh_after_storage)
 
     def _refresh_after_storage(self) -> None:
         self._refresh_pending = False
-        self.action_search()
+        self.search(announce=False)
 
     # --- series of the study under the cursor -------------------------------------------
 
