@@ -24,6 +24,7 @@ from console.base import ConnectionChanged, ConsoleScreen, DaemonEvents
 from console.widgets import ConfirmModal, NodePickerModal
 
 PAGE = 300
+TRIM_SLACK = 200
 REFRESH_SECONDS = 10.0
 BAR_WIDTH = 10
 STATE_FILTERS: tuple[tuple[str, list[str] | None], ...] = (
@@ -260,7 +261,9 @@ class JobsScreen(ConsoleScreen):
         self.table.sort("id", key=lambda value: -int(str(value)))
 
     def _trim(self) -> None:
-        if len(self.jobs) <= PAGE:
+        """New jobs grow the table; past PAGE plus some slack the oldest rows go (in one go,
+        since each removal re-indexes the table)."""
+        if len(self.jobs) <= PAGE + TRIM_SLACK:
             return
         for job_id in sorted(self.jobs)[: len(self.jobs) - PAGE]:
             self._remove(job_id)
