@@ -211,7 +211,7 @@ class NodesScreen(ConsoleScreen):
         Binding("E", "edit", "Edit", show=False),
         Binding("delete", "remove", "Remove"),
         Binding("x", "remove", "Remove", show=False),
-        Binding("f5", "refresh", "Refresh"),
+        Binding("g", "refresh", "Refresh"),
     ]
 
     def __init__(self) -> None:

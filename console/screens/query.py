@@ -95,7 +95,7 @@ class QueryScreen(ConsoleScreen):
         Binding("slash", "focus_search", "Search"),
         Binding("space", "mark", "Mark", show=False),
         Binding("r", "retrieve", "Retrieve"),
-        Binding("f5", "query", "Query"),
+        Binding("g", "query", "Query"),
     ]
 
     def __init__(self) -> None:

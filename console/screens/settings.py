@@ -123,7 +123,7 @@ class SettingsScreen(ConsoleScreen):
     )
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
-        Binding("f5", "refresh", "Reload"),
+        Binding("g", "refresh", "Reload"),
     ]
 
     def __init__(self) -> None:

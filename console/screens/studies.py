@@ -68,7 +68,7 @@ class StudiesScreen(ConsoleScreen):
         Binding("space", "mark", "Mark", show=False),
         Binding("s", "send", "Send"),
         *(Binding(key, f"study_action('{name}')", label) for name, label, key in PLANNED),
-        Binding("f5", "search", "Refresh"),
+        Binding("g", "search", "Refresh"),
     ]
 
     def __init__(self) -> None:
