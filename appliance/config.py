@@ -26,6 +26,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from appliance.dicom_classes import SUPPORTED_TRANSFER_SYNTAXES
+from appliance.errors import ConfigError
 from appliance.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -35,14 +36,6 @@ CONFIG_FILE = "config.json"
 NODE_SERVICES = ("echo", "store", "find", "move", "get", "commitment")
 DUPLICATE_POLICIES = ("overwrite", "keep-first")
 RETRIEVE_METHODS = ("move", "get")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid. The message names the field and what is allowed."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 class AtomicJSONStorage(Storage):

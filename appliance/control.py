@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance import __version__
-from appliance.config import ConfigError
+from appliance.errors import ConfigError
 from appliance.events import TOPICS, EventBus, Subscription
 from appliance.jobs import JobError
 
