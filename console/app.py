@@ -404,7 +404,13 @@ class ConsoleApp(App[None]):
         """The keys of the current screen, then the console's own."""
         rows: list[tuple[str, str]] = []
         seen: set[str] = set()
-        for key, active in self.active_bindings.items():
+        # The screen's and the console's own keys first; the focused widget's (cursor keys of a
+        # table, editing keys of a field) after them.
+        ordered = sorted(
+            self.active_bindings.items(),
+            key=lambda item: item[1].node not in (self.screen, self),
+        )
+        for key, active in ordered:
             binding = active.binding
             if not binding.description or binding.description in seen and key in seen:
                 continue
