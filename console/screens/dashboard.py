@@ -243,7 +243,7 @@ class DashboardScreen(ConsoleScreen):
                     result,
                 )
             )
-        self._replace_rows(table, rows or [("", "nothing stored yet", "", "", "")])
+        self._replace_rows(table, rows or [("", "none stored yet", "", "", "")])
 
     @staticmethod
     def _replace_rows(table: DataTable[Any], rows: list[tuple[str, ...]]) -> None:

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, DataTable, Input, Select, Static
+from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, Select, Static
 
 from console.base import ConsoleScreen, RoleChanged, describe_error
 from console.screens._forms import (
@@ -195,6 +195,8 @@ class NodeFormScreen(ConsoleScreen, ModalScreen[str | None]):
 class NodesScreen(ConsoleScreen):
     """The configured nodes, with Echo for everyone and add / edit / remove for field service."""
 
+    TITLE = "Nodes"
+
     DEFAULT_CSS = (
         FORM_CSS
         + """
@@ -219,6 +221,7 @@ class NodesScreen(ConsoleScreen):
         self.nodes: list[dict[str, Any]] = []
 
     def compose(self) -> ComposeResult:
+        yield Header()
         yield Static("", id="nodes-note", classes="read-only-note")
         table: DataTable[str] = DataTable(id="nodes-table", cursor_type="row", zebra_stripes=True)
         yield table
@@ -228,6 +231,7 @@ class NodesScreen(ConsoleScreen):
             yield Button("Add", id="add", compact=True)
             yield Button("Edit", id="edit", compact=True)
             yield Button("Remove", id="remove", compact=True)
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#nodes-table", DataTable).add_columns(*NODE_COLUMNS)

@@ -12,7 +12,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Button, DataTable, Input, Select, Static
+from textual.widgets import Button, DataTable, Footer, Header, Input, Select, Static
 
 from console.base import ConsoleScreen, describe_error
 from console.screens._forms import FORM_CSS, set_message
@@ -75,8 +75,14 @@ def study_keys(values: dict[str, str]) -> dict[str, str | None]:
     return keys
 
 
+NO_FINDER = "no node offers C-FIND (field service adds nodes on Nodes)"
+QUERY_HINT = "enter in a field queries the node"
+
+
 class QueryScreen(ConsoleScreen):
     """Find studies on a remote node and retrieve them."""
+
+    TITLE = "Query/Retrieve"
 
     DEFAULT_CSS = (
         FORM_CSS
@@ -107,6 +113,7 @@ class QueryScreen(ConsoleScreen):
         self.queried_node: str | None = None
 
     def compose(self) -> ComposeResult:
+        yield Header()
         fields = {
             name: Input(placeholder=hint, id=f"query-{name}", compact=True)
             for name, hint in QUERY_FIELDS
@@ -123,13 +130,12 @@ class QueryScreen(ConsoleScreen):
         series: DataTable[str] = DataTable(id="remote-series", cursor_type="row")
         series.add_columns(*SERIES_COLUMNS)
         yield series
-        yield Static(
-            "enter in a field queries the node", id="query-message", classes="form-message"
-        )
+        yield Static(QUERY_HINT, id="query-message", classes="form-message")
         with Horizontal(classes="buttons"):
             yield Button("Query", id="query", compact=True)
             yield Button("Series", id="series", compact=True)
             yield Button("Retrieve", id="retrieve", compact=True)
+        yield Footer()
 
     def on_mount(self) -> None:
         self.load_nodes()
@@ -152,8 +158,11 @@ class QueryScreen(ConsoleScreen):
             select.value = current
         elif len(finders) >= 1:
             select.value = finders[0]
+        message = self.query_one("#query-message", Static)
         if not finders:
-            self.show_message("no node offers C-FIND (field service adds nodes on Nodes)", True)
+            self.show_message(NO_FINDER, True)
+        elif str(message.render()) == NO_FINDER:
+            self.show_message(QUERY_HINT)
 
     # --- query -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, DataTable, Input, Static
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
 from console.base import ConsoleScreen, RoleChanged, describe_error
 from console.client import ApiError
@@ -107,6 +107,8 @@ def grouped_keys(keys: list[str]) -> list[tuple[str, list[str]]]:
 class SettingsScreen(ConsoleScreen):
     """The daemon's settings (ctrl+s saves what changed) and the retry policies."""
 
+    TITLE = "Settings"
+
     DEFAULT_CSS = (
         FORM_CSS
         + """
@@ -132,9 +134,11 @@ class SettingsScreen(ConsoleScreen):
         self.built = False
 
     def compose(self) -> ComposeResult:
+        yield Header()
         yield Static("", id="settings-note", classes="read-only-note")
         yield VerticalScroll(id="settings-form")
         yield Static("", id="settings-message", classes="form-message")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.apply_role()

@@ -13,7 +13,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Button, DataTable, Input, Static
+from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 
 from console.actions import PLANNED, study_action, study_actions
 from console.base import ConsoleScreen, DaemonEvents, describe_error
@@ -51,6 +51,8 @@ def clip(text: str, width: int) -> str:
 class StudiesScreen(ConsoleScreen):
     """Search the archive and act on studies."""
 
+    TITLE = "Studies"
+
     DEFAULT_CSS = (
         FORM_CSS
         + """
@@ -80,6 +82,7 @@ class StudiesScreen(ConsoleScreen):
         self._refresh_pending = False
 
     def compose(self) -> ComposeResult:
+        yield Header()
         fields = [
             Input(placeholder=hint, id=f"search-{name}", compact=True)
             for name, hint in SEARCH_FIELDS
@@ -97,6 +100,7 @@ class StudiesScreen(ConsoleScreen):
             yield Button("Send", id="action-send", compact=True)
             for action in study_actions():
                 yield Button(action.label, id=f"action-{action.key}", compact=True)
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#studies-table", DataTable).focus()
