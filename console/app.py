@@ -24,7 +24,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Static
 
-from console.base import ConnectionChanged, ConsoleScreen, DaemonEvents, RoleChanged
+from console.base import ConnectionChanged, ConsoleScreen, DaemonEvents, NodesChanged, RoleChanged
 from console.client import ApiError, ApplianceClient, DaemonUnavailable
 from console.widgets import ConfirmModal, HelpModal, PasswordModal
 
@@ -265,6 +265,11 @@ class ConsoleApp(App[None]):
         """UI thread: one DaemonEvents message per screen for a batch of events."""
         for screen in self._screens():
             screen.post_message(DaemonEvents(list(batch)))
+
+    def on_nodes_changed(self, message: NodesChanged) -> None:
+        """A screen changed a node: every screen hears of it (node pickers reload)."""
+        for screen in self._screens():
+            screen.post_message(NodesChanged(message.name, message.change))
 
     def _screens(self) -> list[Screen[Any]]:
         screens: list[Screen[Any]] = [s for s in self.main_screens.values() if s.is_mounted]

@@ -2,7 +2,8 @@
 
 Screens never block: a daemon call runs in a thread worker (``call_in_background``) and its
 result comes back on the UI thread. The app keeps one event subscription and forwards what
-happens (``DaemonEvents``, ``ConnectionChanged``, ``RoleChanged``) to every screen.
+happens (``DaemonEvents``, ``ConnectionChanged``, ``RoleChanged``) to every screen, and what one
+screen changes that others show (``NodesChanged``, posted to the app).
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ class RoleChanged(Message):
     def __init__(self, service: bool) -> None:
         super().__init__()
         self.service = service
+
+
+class NodesChanged(Message, bubble=False):
+    """A node was saved (added or edited) or removed from this console. Posted to the app, which
+    forwards it to every screen (so it does not bubble: the forwarded copies stay put)."""
+
+    def __init__(self, name: str, change: str) -> None:
+        super().__init__()
+        self.name = name
+        self.change = change  # "saved" or "removed"
 
 
 def describe_error(error: BaseException) -> str:
@@ -100,3 +111,10 @@ class ConsoleScreen(Screen[Any]):
 
     def on_role_changed(self, message: RoleChanged) -> None:
         pass
+
+    def on_nodes_changed(self, message: NodesChanged) -> None:
+        pass
+
+    def announce_nodes_changed(self, name: str, change: str) -> None:
+        """Tell the other screens (through the app) that a node changed here."""
+        self.app.post_message(NodesChanged(name, change))

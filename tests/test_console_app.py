@@ -7,12 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input, Static
 
 from appliance.control_client import ApiError
 from console.app import ConnectionBanner, ConsoleApp
 from console.base import ConsoleScreen
 from console.screens.jobs import JobDetailScreen, JobsScreen
+from console.screens.nodes import NodeFormScreen, NodesScreen
+from console.screens.query import QueryScreen
 from console.widgets import ConfirmModal, HelpModal, PasswordModal
 from tests.factories import write_ct_series
 from tests.peers import LOOPBACK, StoreSCP, appliance_cmd, free_port, run
@@ -222,3 +224,49 @@ async def test_daemon_stopped_while_open_shows_a_banner_then_recovers(daemon) ->
         assert not banner.has_class("-shown")
         # The console works again: a fresh call goes through.
         assert app.client.status()["services"]
+
+
+async def test_a_node_changed_on_the_nodes_screen_reaches_the_query_screen(daemon) -> None:
+    result = run(
+        appliance_cmd("service-password", "--data-dir", str(daemon.data_dir)),
+        input=PASSWORD + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+    app = ConsoleApp(daemon.data_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.connected)
+        await pilot.press("4")
+        query = app.main_screens["query"]
+        assert isinstance(query, QueryScreen)
+        await wait_until(pilot, lambda: "no node offers C-FIND" in message_of(query))
+        await pilot.press("ctrl+u")
+        await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
+        await pilot.press(*PASSWORD, "enter")
+        await wait_until(pilot, lambda: app.service_mode)
+        await pilot.press("5")
+        nodes = app.main_screens["nodes"]
+        assert isinstance(nodes, NodesScreen)
+        await wait_until(pilot, lambda: app.screen is nodes)
+        await pilot.press("a")
+        form = await wait_until(
+            pilot, lambda: isinstance(app.screen, NodeFormScreen) and app.screen
+        )
+        values = {"name": "pacs", "ae_title": "PACS", "host": LOOPBACK, "port": str(free_port())}
+        for name, value in values.items():
+            form.query_one(f"#node-{name}", Input).value = value
+        await pilot.press("ctrl+s")
+        # The Query screen, not shown, picks the new node up: no restart, no visit needed.
+        await wait_until(pilot, lambda: app.screen is nodes and query.node() == "pacs")
+        assert "no node offers C-FIND" not in message_of(query)
+        table = nodes.query_one("#nodes-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1)
+        table.focus()
+        await pilot.press("delete")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await pilot.press("y")
+        await wait_until(pilot, lambda: app.screen is nodes and query.node() is None)
+        assert "no node offers C-FIND" in message_of(query)
+
+
+def message_of(query: QueryScreen) -> str:
+    return str(query.query_one("#query-message", Static).render())

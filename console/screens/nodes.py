@@ -356,6 +356,7 @@ class NodesScreen(ConsoleScreen):
         if name:
             set_message(self.query_one("#echo-result", Static), f"node {name} saved", ok=True)
             self.action_refresh()
+            self.announce_nodes_changed(name, "saved")
 
     def action_remove(self) -> None:
         name = self.selected_name()
@@ -371,9 +372,15 @@ class NodesScreen(ConsoleScreen):
     def remove_node(self, name: str) -> None:
         """Ask the daemon to remove the node (it refuses technologists and routed nodes)."""
         result = self.query_one("#echo-result", Static)
+
+        def removed(_: object) -> None:
+            set_message(result, f"node {name} removed", ok=True)
+            self.action_refresh()
+            self.announce_nodes_changed(name, "removed")
+
         self.call_in_background(
             lambda: self.client.remove_node(name),
-            lambda _: (set_message(result, f"node {name} removed", ok=True), self.action_refresh()),
+            removed,
             group="nodes-remove",
             on_error=lambda error: set_message(result, describe_error(error), error=True),
         )

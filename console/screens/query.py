@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Footer, Header, Input, Select, Static
 
-from console.base import ConsoleScreen, describe_error
+from console.base import ConsoleScreen, NodesChanged, describe_error
 from console.screens._forms import FORM_CSS, set_message
 from console.screens.studies import MARK, clip, dicom_date, show_date
 
@@ -147,7 +147,11 @@ class QueryScreen(ConsoleScreen):
 
     def on_screen_resume(self) -> None:
         if self.is_mounted:
-            self.load_nodes()  # nodes may have been added on the Nodes screen
+            self.load_nodes()  # nodes may have been changed elsewhere (the CLI)
+
+    def on_nodes_changed(self, message: NodesChanged) -> None:
+        if self.is_mounted:
+            self.load_nodes()  # changed on the Nodes screen
 
     def show_nodes(self, nodes: list[dict[str, Any]]) -> None:
         finders = [str(n["name"]) for n in nodes if "find" in n.get("services", [])]
