@@ -434,6 +434,178 @@ class RoutingRule:
         return not self.sop_classes or sop_class_uid.strip() in self.sop_classes
 
 
+# --- printers (film imagers the print spooler sends to) ---------------------------------------
+
+MAGNIFICATION_TYPES = ("REPLICATE", "BILINEAR", "CUBIC", "NONE")
+PRINTER_BITS = (8, 12)
+_CODE_STRING = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_STANDARD_FORMAT = re.compile(r"^STANDARD\\([0-9]{1,2}),([0-9]{1,2})$")
+_ROW_COL_FORMAT = re.compile(r"^(ROW|COL)\\([0-9]{1,2}(?:,[0-9]{1,2})*)$")
+# Optical density in hundredths (DICOM PS3.3 C.13.3): 320 is 3.2 OD.
+_DENSITY = _int_range(0, 1000)
+
+
+def _code_strings(field_name: str, value: object) -> list[str]:
+    """Defined terms (CS): upper case, digits, space, underscore; up to 16 characters each."""
+    items = [item.strip().upper() for item in _as_list(value) if item.strip()]
+    for item in items:
+        if not _CODE_STRING.match(item):
+            raise ConfigError(
+                field_name,
+                f"{item!r} is not a code string (1 to 16 of A-Z 0-9 _ and space)",
+            )
+    if len(set(items)) != len(items):
+        raise ConfigError(field_name, "lists a value twice")
+    return items
+
+
+def _magnification_types(field_name: str, value: object) -> list[str]:
+    items = _code_strings(field_name, value)
+    for item in items:
+        if item not in MAGNIFICATION_TYPES:
+            raise ConfigError(
+                field_name, f"{item!r} is not allowed: one of {', '.join(MAGNIFICATION_TYPES)}"
+            )
+    return items
+
+
+def validate_display_format(field_name: str, value: object) -> str:
+    """``STANDARD\\c,r`` (columns, rows), ``ROW\\n,n,...`` or ``COL\\n,n,...``; 1 to 99 each."""
+    text = value.strip().upper().replace(" ", "") if isinstance(value, str) else None
+    allowed = "STANDARD\\c,r, ROW\\n,n,... or COL\\n,n,... with numbers 1..99"
+    match = _STANDARD_FORMAT.match(text or "") or _ROW_COL_FORMAT.match(text or "")
+    if text is None or match is None:
+        raise ConfigError(field_name, f"{value!r} is not an image display format: {allowed}")
+    if text.startswith("STANDARD"):
+        numbers = [match.group(1), match.group(2)]
+    else:
+        numbers = match.group(2).split(",")
+    if any(int(number) < 1 for number in numbers):
+        raise ConfigError(field_name, f"{value!r} is not an image display format: {allowed}")
+    return text
+
+
+def _display_formats(field_name: str, value: object) -> list[str]:
+    # Formats hold commas, so a text value lists them separated by spaces or semicolons.
+    if isinstance(value, str):
+        parts = [part for part in re.split(r"[;\s]+", value) if part]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = [value]
+    items = [validate_display_format(field_name, part) for part in parts]
+    if not items:
+        raise ConfigError(field_name, "needs at least one image display format")
+    if len(set(items)) != len(items):
+        raise ConfigError(field_name, "lists a display format twice")
+    return items
+
+
+def _optional(
+    check: Callable[[str, object], Any],
+) -> Callable[[str, object], Any]:
+    def optional(field_name: str, value: object) -> Any:
+        return None if value is None or value == "" else check(field_name, value)
+
+    return optional
+
+
+def _density_term(field_name: str, value: object) -> str:
+    """Border or empty image density: BLACK, WHITE or a density in hundredths of OD."""
+    text = str(value).strip().upper()
+    if text in ("BLACK", "WHITE"):
+        return text
+    if text.isdigit():
+        return str(_DENSITY(field_name, text))
+    raise ConfigError(field_name, f"{value!r} is not BLACK, WHITE or a density 0..1000")
+
+
+@dataclass
+class Printer:
+    """A film imager (DICOM Print SCP) the print spooler sends films to.
+
+    Empty lists and None mean "not configured": with ``send_only_set_attributes`` (DS-35) the
+    spooler then leaves the attribute out and the printer uses its own default. Densities are in
+    hundredths of optical density. ``display_formats`` are the layouts the printer accepts.
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    color: bool = False
+    grayscale: bool = True
+    film_sizes: list[str] = field(default_factory=list)
+    medium_types: list[str] = field(default_factory=list)
+    film_destinations: list[str] = field(default_factory=list)
+    magnification_types: list[str] = field(default_factory=list)
+    display_formats: list[str] = field(default_factory=lambda: ["STANDARD\\1,1"])
+    min_density: int | None = None
+    max_density: int | None = None
+    border_density: str | None = None
+    empty_image_density: str | None = None
+    trim: bool | None = None
+    bits: int = 8
+    presentation_lut: bool = False
+    annotation: bool = False
+    send_only_set_attributes: bool = True
+
+    def __post_init__(self) -> None:
+        self.name = _node_name("printer.name", self.name)
+        self.ae_title = validate_ae_title("printer.ae_title", self.ae_title)
+        self.host = _host("printer.host", self.host)
+        self.port = _int_range(1, 65535)("printer.port", self.port)
+        self.color = _bool("printer.color", self.color)
+        self.grayscale = _bool("printer.grayscale", self.grayscale)
+        if not (self.color or self.grayscale):
+            raise ConfigError("printer.grayscale", "a printer prints grayscale, color or both")
+        self.film_sizes = _code_strings("printer.film_sizes", self.film_sizes)
+        self.medium_types = _code_strings("printer.medium_types", self.medium_types)
+        self.film_destinations = _code_strings("printer.film_destinations", self.film_destinations)
+        self.magnification_types = _magnification_types(
+            "printer.magnification_types", self.magnification_types
+        )
+        self.display_formats = _display_formats("printer.display_formats", self.display_formats)
+        self.min_density = _optional(_DENSITY)("printer.min_density", self.min_density)
+        self.max_density = _optional(_DENSITY)("printer.max_density", self.max_density)
+        if (
+            self.min_density is not None
+            and self.max_density is not None
+            and self.min_density >= self.max_density
+        ):
+            raise ConfigError(
+                "printer.min_density",
+                f"{self.min_density} is not below max_density {self.max_density}",
+            )
+        self.border_density = _optional(_density_term)(
+            "printer.border_density", self.border_density
+        )
+        self.empty_image_density = _optional(_density_term)(
+            "printer.empty_image_density", self.empty_image_density
+        )
+        self.trim = _optional(_bool)("printer.trim", self.trim)
+        bits = _int_range(8, 12)("printer.bits", self.bits)
+        if bits not in PRINTER_BITS:
+            raise ConfigError("printer.bits", f"{bits} is not allowed: 8 or 12")
+        self.bits = bits
+        self.presentation_lut = _bool("printer.presentation_lut", self.presentation_lut)
+        self.annotation = _bool("printer.annotation", self.annotation)
+        self.send_only_set_attributes = _bool(
+            "printer.send_only_set_attributes", self.send_only_set_attributes
+        )
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> Printer:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"printer.{sorted(unknown)[0]}", "unknown printer field")
+        missing = {"name", "ae_title", "host", "port"} - set(data)
+        if missing:
+            raise ConfigError(f"printer.{sorted(missing)[0]}", "is required")
+        return cls(**data)
+
+
 # --- the field-service password ----------------------------------------------------------------
 
 SERVICE_PASSWORD_MIN = 8
@@ -530,11 +702,13 @@ class ConfigStore:
         self._retry_table = self._db.table("retry_policies")
         self._routing_table = self._db.table("routing_rules")
         self._service_table = self._db.table("service")
+        self._printers_table = self._db.table("printers")
         # Refuse to go on with a bad file rather than guess: validate everything now.
         self.settings()
         self.nodes()
         self.retry_policies()
         self.routing_rules()
+        self.printers()
         self._password_hash()
 
     @contextmanager
@@ -550,6 +724,7 @@ class ConfigStore:
                 self._retry_table.clear_cache()
                 self._routing_table.clear_cache()
                 self._service_table.clear_cache()
+                self._printers_table.clear_cache()
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -740,6 +915,36 @@ class ConfigStore:
         with self._writer():
             if not self._routing_table.remove(Query().name == name):
                 raise ConfigError("route", f"no routing rule named {name!r}")
+
+    # printers (film imagers for the print spooler)
+
+    def printers(self) -> list[Printer]:
+        with self._lock:
+            self._printers_table.clear_cache()
+            docs = [dict(doc) for doc in self._printers_table.all()]
+        printers = [Printer.from_mapping(doc) for doc in docs]
+        return sorted(printers, key=lambda p: p.name)
+
+    def printer(self, name: str) -> Printer:
+        for printer in self.printers():
+            if printer.name == name:
+                return printer
+        raise ConfigError("printer", f"no printer named {name!r}")
+
+    def add_printer(self, printer: Printer, *, replace: bool = False) -> None:
+        with self._writer():
+            existing = self._printers_table.search(Query().name == printer.name)
+            if existing and not replace:
+                raise ConfigError(
+                    "printer.name", f"a printer named {printer.name!r} already exists"
+                )
+            self._printers_table.remove(Query().name == printer.name)
+            self._printers_table.insert(asdict(printer))
+
+    def remove_printer(self, name: str) -> None:
+        with self._writer():
+            if not self._printers_table.remove(Query().name == name):
+                raise ConfigError("printer", f"no printer named {name!r}")
 
     # the field-service password: only its scrypt hash is stored, in the "service" table
 
