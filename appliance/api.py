@@ -19,7 +19,7 @@ from appliance.archive import INDEX_FILE, Archive
 from appliance.config import ConfigError, ConfigStore, Node, Settings
 from appliance.control import ApiError, Caller, ControlServer
 from appliance.job_engine import JobEngine
-from appliance.jobs import ACTIONS, JOB_KINDS, Job, JobError, JobState, RetryPolicy
+from appliance.jobs import ACTIONS, JOB_KINDS, Job, JobError, JobState
 from appliance.network import DicomServer
 
 if TYPE_CHECKING:
@@ -295,14 +295,10 @@ class Operations:
         return {"key": key, "value": stored}
 
     def retry_list(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        settings = self.config.settings()
-        default = RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            first_delay=settings.retry_first_delay,
-            multiplier=settings.retry_multiplier,
-            max_delay=settings.retry_max_delay,
-        )
-        return {"default": asdict(default), "overrides": self.config.retry_policies()}
+        return {
+            "default": asdict(self.config.default_retry_policy()),
+            "overrides": self.config.retry_policies(),
+        }
 
     def retry_set(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         scope = _str_arg(args, "scope")

@@ -229,11 +229,6 @@ def cmd_send(args: argparse.Namespace, store: ConfigStore) -> int:
     )
     if queued is not None:
         return queued
-    # No daemon: send from this process, as a one-off, without a job to retry it.
-    print(
-        "note: the daemon is not running; sending directly (no job, no retries)",
-        file=sys.stderr,
-    )
     settings = store.settings()
     committed = None
     if args.json:

@@ -824,17 +824,23 @@ class ConfigStore:
             policies[scope] = doc
         return policies
 
-    def retry_policy(self, kind: str, node: str | None = None) -> RetryPolicy:
-        """Defaults from the settings, then the job kind's override, then the node's."""
+    def default_retry_policy(self) -> RetryPolicy:
+        """The policy of the retry_* settings, before any kind or node override."""
         from appliance.jobs import RetryPolicy
 
         settings = self.settings()
-        policy = RetryPolicy(
+        return RetryPolicy(
             max_attempts=settings.retry_max_attempts,
             first_delay=settings.retry_first_delay,
             multiplier=settings.retry_multiplier,
             max_delay=settings.retry_max_delay,
         )
+
+    def retry_policy(self, kind: str, node: str | None = None) -> RetryPolicy:
+        """Defaults from the settings, then the job kind's override, then the node's."""
+        from appliance.jobs import RetryPolicy
+
+        policy = self.default_retry_policy()
         policies = self.retry_policies()
         for scope in (f"kind:{kind}", f"node:{node}" if node else ""):
             if scope in policies:

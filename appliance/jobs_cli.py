@@ -327,11 +327,16 @@ def queue_job(
     wait: bool,
     as_json: bool,
 ) -> int | None:
-    """Queue a job in the daemon and report it; None when no daemon is running."""
+    """Queue a job in the daemon and report it; None when no daemon is running (the caller
+    then does the work itself, once, without a job to retry it)."""
     try:
         client = client_for(data_dir)
         client.call("hello")
     except DaemonUnavailable:
+        print(
+            f"note: the daemon is not running; {kind} runs directly (no job, no retries)",
+            file=sys.stderr,
+        )
         return None
     with client:
         try:

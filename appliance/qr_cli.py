@@ -132,7 +132,7 @@ def cmd_retrieve(args: argparse.Namespace, store: ConfigStore) -> int:
     node = store.node(args.node)
     settings = store.settings()
     try:
-        plan_retrieve(
+        request = plan_retrieve(
             model=args.model,
             patients=args.patient,
             studies=args.study,
@@ -160,18 +160,7 @@ def cmd_retrieve(args: argparse.Namespace, store: ConfigStore) -> int:
     )
     if queued is not None:
         return queued
-    print(
-        "note: the daemon is not running; retrieving directly (no job, no retries)",
-        file=sys.stderr,
-    )
     try:
-        request = plan_retrieve(
-            model=args.model,
-            patients=args.patient,
-            studies=args.study,
-            series=args.series,
-            images=args.image,
-        )
         method = args.method or node.retrieve_method
         if args.json:
             report = retrieve(settings, node, request, store.data_dir, method=method)

@@ -90,16 +90,6 @@ def describe(policy: RetryPolicy) -> str:
     )
 
 
-def _defaults(store: ConfigStore) -> RetryPolicy:
-    settings = store.settings()
-    return RetryPolicy(
-        max_attempts=settings.retry_max_attempts,
-        first_delay=settings.retry_first_delay,
-        multiplier=settings.retry_multiplier,
-        max_delay=settings.retry_max_delay,
-    )
-
-
 def _values_text(values: dict[str, float]) -> str:
     return " ".join(f"{OPTIONS.get(k, k)}={v:g}" for k, v in values.items())
 
@@ -115,7 +105,7 @@ def run(args: argparse.Namespace, store: ConfigStore) -> int:
             return EXIT_USAGE
         scope = _scope(args)
         stored = store.set_retry_policy(scope, values)
-        effective = RetryPolicy.validated(stored, base=_defaults(store))
+        effective = RetryPolicy.validated(stored, base=store.default_retry_policy())
         if args.json:
             print(json.dumps({"scope": scope, "values": stored, "effective": asdict(effective)}))
         else:
@@ -125,13 +115,13 @@ def run(args: argparse.Namespace, store: ConfigStore) -> int:
     if command == "clear":
         scope = _scope(args)
         store.clear_retry_policy(scope)
-        print(f"{scope}: cleared; the defaults apply ({describe(_defaults(store))})")
+        print(f"{scope}: cleared; the defaults apply ({describe(store.default_retry_policy())})")
         return EXIT_OK
     return _list(args, store)
 
 
 def _list(args: argparse.Namespace, store: ConfigStore) -> int:
-    defaults = _defaults(store)
+    defaults = store.default_retry_policy()
     policies = store.retry_policies()
     rows = []
     for scope in sorted(policies, key=lambda s: (not s.startswith("kind:"), s)):

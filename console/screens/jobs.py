@@ -63,6 +63,18 @@ STATE_STYLES = {
 }
 
 
+# The same keys act on a job from the table and from its detail view.
+JOB_ACTION_BINDINGS = [
+    Binding("p", "job('pause')", "Pause"),
+    Binding("u", "job('resume')", "Resume"),
+    Binding("c", "job('cancel')", "Cancel"),
+    Binding("r", "job('retry')", "Retry"),
+    Binding("f", "job('retry-failed')", "Retry failed"),
+    Binding("o", "reroute", "Reroute"),
+    Binding("g", "refresh", "Refresh", show=False),
+]
+
+
 def progress_text(counts: dict[str, Any] | None, width: int = BAR_WIDTH) -> str:
     """``#####----- 12/30``: done (success, warning, failed) out of total."""
     counts = counts or {}
@@ -136,13 +148,7 @@ class JobsScreen(ConsoleScreen):
         Binding("enter", "detail", "Detail", show=False),
         Binding("s", "cycle_state", "State filter"),
         Binding("k", "cycle_kind", "Kind filter"),
-        Binding("p", "job('pause')", "Pause"),
-        Binding("u", "job('resume')", "Resume"),
-        Binding("c", "job('cancel')", "Cancel"),
-        Binding("r", "job('retry')", "Retry"),
-        Binding("f", "job('retry-failed')", "Retry failed"),
-        Binding("o", "reroute", "Reroute"),
-        Binding("g", "refresh", "Refresh", show=False),
+        *JOB_ACTION_BINDINGS,
     ]
 
     def __init__(self) -> None:
@@ -457,13 +463,7 @@ class JobDetailScreen(ConsoleScreen):
     """
     BINDINGS = [
         Binding("escape,backspace", "back", "Back"),
-        Binding("p", "job('pause')", "Pause"),
-        Binding("u", "job('resume')", "Resume"),
-        Binding("c", "job('cancel')", "Cancel"),
-        Binding("r", "job('retry')", "Retry"),
-        Binding("f", "job('retry-failed')", "Retry failed"),
-        Binding("o", "reroute", "Reroute"),
-        Binding("g", "refresh", "Refresh", show=False),
+        *JOB_ACTION_BINDINGS,
     ]
 
     def __init__(self, job_id: int) -> None:
