@@ -21,13 +21,14 @@ from appliance.control import ApiError, Caller, ControlServer
 from appliance.job_engine import JobEngine
 from appliance.jobs import ACTIONS, JOB_KINDS, Job, JobError, JobState
 from appliance.network import DicomServer
+from appliance.print_jobs import PrinterStatusBoard, PrintOperations
 
 if TYPE_CHECKING:
     from appliance.routing import Router
 
 # Job kinds an operator may queue through the API; the others are queued by their own screens
-# and services (print, burn, import, anonymize register theirs when they exist).
-SUBMITTABLE_KINDS = ("send", "retrieve", "commitment", "forward")
+# and services (burn, import, anonymize register theirs when they exist).
+SUBMITTABLE_KINDS = ("send", "retrieve", "commitment", "forward", "print")
 MAX_LIST = 1000
 # qr.find: levels the console drills through (Study Root), and the most matches it asks for.
 QR_FIND_LEVELS = ("study", "series")
@@ -94,8 +95,10 @@ class Operations:
         server: DicomServer,
         started: float | None = None,
         router: Router | None = None,
+        printer_board: PrinterStatusBoard | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.printer_board = printer_board or PrinterStatusBoard(engine.events)
         self.config = config
         self.archive = archive
         self.engine = engine
@@ -131,6 +134,13 @@ class Operations:
             control.register(op, handler)
         for op, handler in service_only.items():
             control.register(op, handler, service_only=True)
+        PrintOperations(
+            data_dir=self.data_dir,
+            config=self.config,
+            archive=self.archive,
+            engine=self.engine,
+            board=self.printer_board,
+        ).register(control)
 
     # --- status --------------------------------------------------------------------------
 
@@ -208,7 +218,7 @@ class Operations:
         if kind not in SUBMITTABLE_KINDS:
             raise ApiError("invalid", f"{kind!r} jobs cannot be queued here: {SUBMITTABLE_KINDS}")
         target = _str_arg(args, "target")
-        self._node(target)
+        self._target(kind, target)
         params = args.get("params", {})
         if not isinstance(params, dict):
             raise ApiError("bad-request", "params must be an object")
@@ -230,7 +240,7 @@ class Operations:
         extra: dict[str, Any] = {}
         if action == "reroute":
             target = _str_arg(args, "target")
-            self._node(target)
+            self._target(job.kind, target)
             extra["target"] = target
         if action == "priority":
             extra["priority"] = _int_arg(args, "priority")
@@ -240,6 +250,16 @@ class Operations:
             raise ApiError("invalid", str(exc)) from None
 
     # --- nodes and configuration ---------------------------------------------------------
+
+    def _target(self, kind: str, name: str) -> None:
+        """A job's target: a configured printer for print jobs, else a configured node."""
+        if kind != "print":
+            self._node(name)
+            return
+        try:
+            self.config.printer(name)
+        except ConfigError:
+            raise ApiError("not-found", f"no printer named {name!r}") from None
 
     def _node(self, name: str) -> Node:
         try:

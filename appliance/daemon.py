@@ -19,6 +19,7 @@ from appliance.fileio import remove_stale_partials
 from appliance.job_engine import JobEngine
 from appliance.job_store import JobStore
 from appliance.network import DicomServer
+from appliance.print_jobs import PrinterStatusBoard, register_print
 from appliance.qr_scp import FindService
 from appliance.retrieve_scp import RetrieveService
 from appliance.routing import Router
@@ -80,6 +81,8 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     events = EventBus()
     jobs = JobStore(data_dir)
     engine = JobEngine(jobs, store, archive, events, data_dir)
+    printer_board = PrinterStatusBoard(events)
+    register_print(engine, printer_board, archive)
     commitment = CommitmentService(data_dir)
     server = DicomServer(
         settings,
@@ -104,6 +107,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         engine=engine,
         server=server,
         router=router,
+        printer_board=printer_board,
     ).register(control)
 
     def close_stores() -> None:

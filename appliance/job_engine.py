@@ -420,6 +420,11 @@ class JobEngine:
                 self.config.node(target)
             except ConfigError as exc:
                 raise JobError(str(exc)) from None
+        elif job.kind == "print":
+            try:
+                self.config.printer(target)
+            except ConfigError as exc:
+                raise JobError(str(exc)) from None
         if target == job.target:
             raise JobError(f"job {job.id} already goes to {target}")
 
