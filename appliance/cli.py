@@ -14,6 +14,7 @@ from appliance import (
     __version__,
     commitment_cli,
     jobs_cli,
+    print_cli,
     qr_cli,
     retry_cli,
     routing_cli,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cli.add_parsers(commands, common)
     routing_cli.add_parsers(commands, common)
     retry_cli.add_parsers(commands, common)
+    print_cli.add_parsers(commands, common)
     return parser
 
 
@@ -294,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return routing_cli.run(args, store)
             if args.command in retry_cli.COMMANDS:
                 return retry_cli.run(args, store)
+            if args.command in print_cli.COMMANDS:
+                return print_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:

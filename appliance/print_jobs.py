@@ -860,6 +860,9 @@ def make_runner(board: PrinterStatusBoard) -> Any:
                     )
                 )
                 ctx.log(f"film {number} of {total} printed on {printer.name}")
+                # Saved at once, not within SAVE_INTERVAL: a film printed must not be printed
+                # again after a crash.
+                ctx.flush()
                 continue
             error = report.error or "print failed"
             if report.retryable:
