@@ -35,6 +35,7 @@ Type, Resolution ID and Configuration Information are never sent.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -428,6 +429,12 @@ class _Session:
         self.color = False
         self.plut_uid: str | None = None
         self.cleanup = False  # after the N-ACTION: failures are warnings
+        self._message_ids = itertools.count(1)
+
+    def msg_id(self) -> int:
+        # pynetdicom uses 1 for every request unless told; distinct IDs keep printer logs and
+        # responses unambiguous.
+        return next(self._message_ids)
 
     # --- statuses ---------------------------------------------------------------------------
 
@@ -505,6 +512,7 @@ class _Session:
             PRINTER_SOP_CLASS,
             PRINTER_SOP_INSTANCE,
             meta_uid=self.meta,
+            msg_id=self.msg_id(),
         )
         self.check("Printer N-GET", status)
         if attrs is None:
@@ -533,7 +541,9 @@ class _Session:
         # The image boxes already carry P-values (VOI applied in the renderer), so the LUT is
         # IDENTITY, whatever the printer's entry-count rules (DS-36).
         plut.PresentationLUTShape = "IDENTITY"
-        status, _ = self.assoc.send_n_create(plut, PRESENTATION_LUT_SOP_CLASS, None)
+        status, _ = self.assoc.send_n_create(
+            plut, PRESENTATION_LUT_SOP_CLASS, None, msg_id=self.msg_id()
+        )
         self.check("Presentation LUT N-CREATE", status)
         self.plut_uid = self.created_uid()
 
@@ -567,7 +577,11 @@ class _Session:
         # An empty attribute list must go out as no data set at all (dcmprscp refuses an
         # empty one).
         status, _ = self.assoc.send_n_create(
-            session if len(session) else None, FILM_SESSION_SOP_CLASS, None, meta_uid=self.meta
+            session if len(session) else None,
+            FILM_SESSION_SOP_CLASS,
+            None,
+            meta_uid=self.meta,
+            msg_id=self.msg_id(),
         )
         self.check("Film Session N-CREATE", status)
         return self.created_uid()
@@ -619,7 +633,9 @@ class _Session:
             box.ReferencedPresentationLUTSequence = [plut]
             box.Illumination = ILLUMINATION
             box.ReflectedAmbientLight = REFLECTED_AMBIENT_LIGHT
-        status, attrs = self.assoc.send_n_create(box, FILM_BOX_SOP_CLASS, None, meta_uid=self.meta)
+        status, attrs = self.assoc.send_n_create(
+            box, FILM_BOX_SOP_CLASS, None, meta_uid=self.meta, msg_id=self.msg_id()
+        )
         self.check(f"Film Box N-CREATE ({label}, {film.display_format})", status)
         return self.created_uid(), attrs
 
@@ -644,6 +660,7 @@ class _Session:
                 str(ref.get("ReferencedSOPClassUID") or image_box_class),
                 str(ref.ReferencedSOPInstanceUID),
                 meta_uid=self.meta,
+                msg_id=self.msg_id(),
             )
             self.check(f"Image Box N-SET ({label}, position {place.position})", status)
 
@@ -661,13 +678,16 @@ class _Session:
             annotation.AnnotationPosition = position
             annotation.TextString = text[:64]
             status, _ = self.assoc.send_n_set(
-                annotation, ANNOTATION_BOX_SOP_CLASS, str(ref.ReferencedSOPInstanceUID)
+                annotation,
+                ANNOTATION_BOX_SOP_CLASS,
+                str(ref.ReferencedSOPInstanceUID),
+                msg_id=self.msg_id(),
             )
             self.check(f"Annotation Box N-SET ({label}, position {position})", status)
 
     def print_and_follow_job(self, label: str, film_uid: str) -> None:
         status, attrs = self.assoc.send_n_action(
-            None, 1, FILM_BOX_SOP_CLASS, film_uid, meta_uid=self.meta
+            None, 1, FILM_BOX_SOP_CLASS, film_uid, meta_uid=self.meta, msg_id=self.msg_id()
         )
         self.check(f"Film Box N-ACTION print ({label})", status)
         self.report.films_printed += 1
@@ -680,7 +700,7 @@ class _Session:
             return
         # Best effort: the film is printed as far as the N-ACTION goes; the job status only
         # adds detail (a printer may already have dropped a finished job: 0112).
-        status, job = self.assoc.send_n_get([], PRINT_JOB_SOP_CLASS, job_uid)
+        status, job = self.assoc.send_n_get([], PRINT_JOB_SOP_CLASS, job_uid, msg_id=self.msg_id())
         self.check(f"Print Job N-GET ({label})", status)
         if job is not None:
             self.report.print_job_status = _text(job.get("ExecutionStatus"))
@@ -719,12 +739,18 @@ class _Session:
             )
             self.set_annotation_boxes(label, film, annotation_refs)
         self.print_and_follow_job(label, film_uid)
-        status = self.assoc.send_n_delete(FILM_BOX_SOP_CLASS, film_uid, meta_uid=self.meta)
+        status = self.assoc.send_n_delete(
+            FILM_BOX_SOP_CLASS, film_uid, meta_uid=self.meta, msg_id=self.msg_id()
+        )
         self.check(f"Film Box N-DELETE ({label})", status)
-        status = self.assoc.send_n_delete(FILM_SESSION_SOP_CLASS, session_uid, meta_uid=self.meta)
+        status = self.assoc.send_n_delete(
+            FILM_SESSION_SOP_CLASS, session_uid, meta_uid=self.meta, msg_id=self.msg_id()
+        )
         self.check("Film Session N-DELETE", status)
         if self.plut_uid is not None:
-            status = self.assoc.send_n_delete(PRESENTATION_LUT_SOP_CLASS, self.plut_uid)
+            status = self.assoc.send_n_delete(
+                PRESENTATION_LUT_SOP_CLASS, self.plut_uid, msg_id=self.msg_id()
+            )
             self.check("Presentation LUT N-DELETE", status)
 
 
