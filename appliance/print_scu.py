@@ -358,8 +358,16 @@ class _Events:
         self.callback = callback
         self.lock = threading.Lock()
 
-    def install(self, event: evt.Event) -> None:
-        assoc = event.assoc
+    def on_open(self, event: evt.Event) -> None:
+        self.install(event.assoc)
+
+    @staticmethod
+    def installed(assoc: Association) -> bool:
+        return getattr(assoc._serve_request, "serves_print_events", False)
+
+    def install(self, assoc: Association) -> None:
+        if self.installed(assoc):
+            return
         keep = assoc._serve_request
         send_lock = threading.Lock()
         send_msg = assoc.dimse.send_msg
@@ -374,6 +382,7 @@ class _Events:
             with send_lock:
                 send_msg(primitive, context_id)
 
+        serve.serves_print_events = True  # type: ignore[attr-defined]
         assoc._serve_request = serve  # type: ignore[method-assign]
         assoc.dimse.send_msg = locked_send  # type: ignore[method-assign]
 
@@ -586,11 +595,6 @@ class _Session:
         self.check("Film Session N-CREATE", status)
         return self.created_uid()
 
-    def film_size(self, film: Film) -> str | None:
-        if film.film_size:
-            return film.film_size
-        return self.printer.film_sizes[0] if self.printer.film_sizes else None
-
     def create_film_box(
         self, label: str, film: Film, session_uid: str, annotate: bool
     ) -> tuple[str, Dataset | None]:
@@ -606,7 +610,7 @@ class _Session:
             orientation = "PORTRAIT"
         if orientation:
             box.FilmOrientation = orientation
-        film_size = self.film_size(film)
+        film_size = _film_size(film, printer)
         if film_size:
             box.FilmSizeID = film_size
         magnification = film.magnification_type or (
@@ -639,30 +643,23 @@ class _Session:
         self.check(f"Film Box N-CREATE ({label}, {film.display_format})", status)
         return self.created_uid(), attrs
 
-    def set_image_boxes(self, label: str, film: Film, refs: list[Dataset], dpi: float) -> None:
-        geometry = parse_display_format(film.display_format)
-        columns, rows = film_pixels(
-            self.film_size(film) or DEFAULT_FILM_SIZE, film.orientation or "PORTRAIT", dpi
-        )
-        bits: Literal[8, 12] = 12 if self.printer.bits == 12 and not self.color else 8
+    def set_image_boxes(
+        self, label: str, film: Film, refs: list[Dataset], items: dict[int, Dataset], dpi: float
+    ) -> None:
+        if _item_is_color(items) != self.color:
+            # The printer accepted another meta SOP class than its configuration suggested.
+            items = render_film(film, self.printer, color=self.color, dpi=dpi)
         image_box_class = COLOR_IMAGE_BOX_SOP_CLASS if self.color else GRAYSCALE_IMAGE_BOX_SOP_CLASS
-        for index, (place, image) in enumerate(zip(geometry, film.images, strict=False)):
-            if image is None:
-                continue  # no unused N-SETs (DS-31): the printer fills it with empty density
-            window = film.windows[index] if film.windows and index < len(film.windows) else None
-            _, _, box_columns, box_rows = place.pixels(columns, rows)
-            item = render_image_box(
-                image, box_columns, box_rows, bits=bits, window=window, color=self.color
-            )
-            ref = refs[place.position - 1]
+        for position, item in items.items():
+            ref = refs[position - 1]
             status, _ = self.assoc.send_n_set(
-                image_box_dataset(place.position, item, polarity=film.polarity or None),
+                image_box_dataset(position, item, polarity=film.polarity or None),
                 str(ref.get("ReferencedSOPClassUID") or image_box_class),
                 str(ref.ReferencedSOPInstanceUID),
                 meta_uid=self.meta,
                 msg_id=self.msg_id(),
             )
-            self.check(f"Image Box N-SET ({label}, position {place.position})", status)
+            self.check(f"Image Box N-SET ({label}, position {position})", status)
 
     def set_annotation_boxes(self, label: str, film: Film, refs: list[Dataset]) -> None:
         texts = [(n, t.strip()) for n, t in enumerate(film.annotations, start=1) if t.strip()]
@@ -710,7 +707,7 @@ class _Session:
                     f"print job reports FAILURE: {self.report.print_job_status_info or ''}".rstrip()
                 )
 
-    def print_film(self, number: int, film: Film, dpi: float) -> None:
+    def print_film(self, number: int, film: Film, items: dict[int, Dataset], dpi: float) -> None:
         label = f"film {number}"
         self.choose_meta(film)
         self.get_printer()
@@ -730,7 +727,7 @@ class _Session:
                 f"{expected} expected for {film.display_format}"
             )
             raise _Stop
-        self.set_image_boxes(label, film, refs, dpi)
+        self.set_image_boxes(label, film, refs, items, dpi)
         if annotate:
             annotation_refs = (
                 list(attrs.get("ReferencedBasicAnnotationBoxSequence", []))
@@ -752,6 +749,58 @@ class _Session:
                 PRESENTATION_LUT_SOP_CLASS, self.plut_uid, msg_id=self.msg_id()
             )
             self.check("Presentation LUT N-DELETE", status)
+
+
+class RenderError(Exception):
+    """An image of the film cannot be rendered (unreadable or unsupported pixel data)."""
+
+
+def _film_size(film: Film, printer: Printer) -> str | None:
+    if film.film_size:
+        return film.film_size
+    return printer.film_sizes[0] if printer.film_sizes else None
+
+
+def _expects_color(film: Film, printer: Printer) -> bool:
+    """The meta SOP class the film will most likely use: colour for a colour image on a colour
+    printer, and always on a colour-only printer."""
+    if not printer.grayscale:
+        return True
+    return printer.color and any(_is_color_image(image) for image in film.images)
+
+
+def _item_is_color(items: dict[int, Dataset]) -> bool:
+    return any(int(item.SamplesPerPixel) == 3 for item in items.values())
+
+
+def render_film(
+    film: Film, printer: Printer, *, color: bool, dpi: float | None = None
+) -> dict[int, Dataset]:
+    """The preformatted image item of each filled image box, by Image Box Position: sized to
+    the box on the film at ``dpi``, 8 or 12 bit grayscale as the printer is configured, or 8
+    bit RGB when ``color``. Raises :class:`RenderError` naming the box."""
+    geometry = parse_display_format(film.display_format)
+    columns, rows = film_pixels(
+        _film_size(film, printer) or DEFAULT_FILM_SIZE,
+        film.orientation or "PORTRAIT",
+        dpi or DEFAULT_DPI,
+    )
+    bits: Literal[8, 12] = 12 if printer.bits == 12 and not color else 8
+    items: dict[int, Dataset] = {}
+    for index, (place, image) in enumerate(zip(geometry, film.images, strict=False)):
+        if image is None:
+            continue  # no unused N-SETs (DS-31): the printer fills it with empty density
+        window = film.windows[index] if film.windows and index < len(film.windows) else None
+        _, _, box_columns, box_rows = place.pixels(columns, rows)
+        try:
+            items[place.position] = render_image_box(
+                image, box_columns, box_rows, bits=bits, window=window, color=color
+            )
+        except Exception as exc:  # noqa: BLE001 - pydicom and numpy fail in many ways on bad pixels
+            raise RenderError(
+                f"image box {place.position}: cannot render the image ({type(exc).__name__}: {exc})"
+            ) from exc
+    return items
 
 
 def _validate(film: Film, number: int) -> str | None:
@@ -807,6 +856,13 @@ def print_film(
     if problem is not None:
         report.error = problem
         return report
+    # Rendered before the association opens, so the printer never waits for it and a bad
+    # image fails the film without touching the printer.
+    try:
+        items = render_film(film, printer, color=_expects_color(film, printer), dpi=dpi)
+    except RenderError as exc:
+        report.error = f"film {number}: {exc}"
+        return report
     received: list[Any] = []
     events = _Events(report, on_printer_status)
     assoc, connected = associate(
@@ -817,7 +873,7 @@ def print_film(
         evt_handlers=[
             (evt.EVT_DIMSE_RECV, lambda event: received.append(event.message)),
             # Bound after appliance.scu's own EVT_CONN_OPEN handler, which it wraps.
-            (evt.EVT_CONN_OPEN, events.install),
+            (evt.EVT_CONN_OPEN, events.on_open),
             (evt.EVT_N_EVENT_REPORT, events.handle),
         ],
     )
@@ -828,6 +884,9 @@ def print_film(
         # A printer that accepts none of the contexts is misconfigured, not busy.
         report.retryable = not (connected and contexts_all_rejected(assoc))
         return report
+    if not _Events.installed(assoc):
+        # Some later handler replaced ours; events from here on are still answered.
+        events.install(assoc)
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     if not accepted & {GRAYSCALE_META_SOP_CLASS, COLOR_META_SOP_CLASS}:
         report.error = (
@@ -839,9 +898,11 @@ def print_film(
     session = _Session(assoc, report, received, printer, on_printer_status)
     aborted = False
     try:
-        session.print_film(number, film, dpi or DEFAULT_DPI)
+        session.print_film(number, film, items, dpi or DEFAULT_DPI)
     except _Stop:
         aborted = bool(report.steps) and report.steps[-1].status is None
+    except RenderError as exc:
+        report.error = f"film {number}: {exc}"
     except (ValueError, RuntimeError, AttributeError) as exc:
         report.error = f"film {number}: print stopped: {exc}"
     finally:

@@ -4,6 +4,7 @@ crafted statuses)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -640,3 +641,41 @@ def test_session_stops_at_the_first_failed_film(fake_factory: Callable[..., Fake
 )
 def test_transient_printer_info(info: str | None, transient: bool) -> None:
     assert is_transient_printer_info(info) is transient
+
+
+def test_defaults_are_sent_when_the_printer_wants_every_attribute(
+    fake_factory: Callable[..., FakePrinter],
+) -> None:
+    fake = fake_factory(print_job=False)
+    printer = _fake_printer(fake, send_only_set_attributes=False)
+    report = print_film(_settings(), printer, Film("STANDARD\\1,1", [ct_dataset()]))
+    assert report.ok, report.error
+    (session,) = fake.find("N-CREATE-RQ", FILM_SESSION)
+    assert session.dataset is not None and int(session.dataset.NumberOfCopies) == 1
+    (film_box,) = fake.find("N-CREATE-RQ", FILM_BOX)
+    assert film_box.dataset is not None and film_box.dataset.FilmOrientation == "PORTRAIT"
+
+
+def test_an_unrenderable_image_fails_before_connecting(
+    fake_factory: Callable[..., FakePrinter],
+) -> None:
+    fake = fake_factory()
+    broken = ct_dataset()
+    del broken.PixelData
+    report = print_film(
+        _settings(), _fake_printer(fake), Film("STANDARD\\1,2", [ct_dataset(), broken]), number=4
+    )
+    assert not report.ok and not report.retryable
+    assert report.error is not None
+    assert report.error.startswith("film 4: image box 2: cannot render the image")
+    assert fake.messages == []
+
+
+def test_report_as_dict_is_json(fake_factory: Callable[..., FakePrinter]) -> None:
+    fake = fake_factory(events=[EventSpec("N-SET image box", 2, "SUPPLY LOW", when="during")])
+    report = print_film(_settings(), _fake_printer(fake), Film("STANDARD\\1,1", [ct_dataset()]))
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["ok"] and data["films_printed"] == 1
+    assert data["events"][0]["status"] == "WARNING"
+    assert data["events"][0]["info"] == "SUPPLY LOW"
+    assert data["print_job_status"] == "DONE"
