@@ -88,6 +88,8 @@ ANNOTATION_DISPLAY_FORMAT_ID = "LABEL"
 #: light box illumination in cd/m2 and reflected ambient light in cd/m2.
 ILLUMINATION = 2000
 REFLECTED_AMBIENT_LIGHT = 10
+#: How long the release waits for event reports still being answered.
+EVENT_DRAIN_SECONDS = 2.0
 #: Film Session Label (LO) holds at most 64 characters.
 LABEL_MAX = 64
 
@@ -357,6 +359,8 @@ class _Events:
         self.report = report
         self.callback = callback
         self.lock = threading.Lock()
+        self.idle = threading.Condition()
+        self.in_flight = 0
 
     def on_open(self, event: evt.Event) -> None:
         self.install(event.assoc)
@@ -374,7 +378,14 @@ class _Events:
 
         def serve(msg: Any, context_id: int) -> None:
             if isinstance(msg, N_EVENT_REPORT) and msg.is_valid_request:
-                Association._serve_request(assoc, msg, context_id)
+                with self.idle:
+                    self.in_flight += 1
+                try:
+                    Association._serve_request(assoc, msg, context_id)
+                finally:
+                    with self.idle:
+                        self.in_flight -= 1
+                        self.idle.notify_all()
             else:
                 keep(msg, context_id)
 
@@ -385,6 +396,12 @@ class _Events:
         serve.serves_print_events = True  # type: ignore[attr-defined]
         assoc._serve_request = serve  # type: ignore[method-assign]
         assoc.dimse.send_msg = locked_send  # type: ignore[method-assign]
+
+    def wait_idle(self, timeout: float = EVENT_DRAIN_SECONDS) -> None:
+        """Wait until every event report received so far is answered and recorded, so the
+        release does not overtake an answer and the report is complete."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout=timeout)
 
     def handle(self, event: evt.Event) -> tuple[int, Dataset | None]:
         request = event.request
@@ -906,6 +923,7 @@ def print_film(
     except (ValueError, RuntimeError, AttributeError) as exc:
         report.error = f"film {number}: print stopped: {exc}"
     finally:
+        events.wait_idle()
         if aborted or not assoc.is_established:
             assoc.abort()
         else:
