@@ -124,9 +124,10 @@ def test_printer_down_then_up_the_job_waits_then_prints(daemon_factory, tmp_path
     job_id = queue_print(daemon, "film", study)
     waiting = wait_job(daemon, job_id, {"waiting-retry"})
     assert "cannot connect" in waiting["error"], waiting
+    # `jobs show` says why the queue holds (the job may be in its next attempt by now).
     shown = daemon.cli("jobs", "show", str(job_id))
-    assert "last error: association with film: cannot connect" in shown.stdout
-    assert "retry" in shown.stdout
+    assert "attempt 1 failed: association with film: cannot connect" in shown.stdout
+    assert "next attempt at" in shown.stdout
     # The printer comes up on its configured port: the next attempt prints.
     monkeypatch.setattr(print_peers, "free_port", lambda: port)
     peer = Dcmprscp(tmp_path / "imager")
