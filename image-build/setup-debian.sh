@@ -13,10 +13,12 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 install_system_packages() {
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update
-    # dcmtk, orthanc and dicom3tools are the real DICOM peers the tests talk to.
+    # dcmtk, orthanc and dicom3tools are the real DICOM peers the tests talk to; qpdf and
+    # poppler-utils are the independent readers that check the film preview PDFs.
     $sudo apt-get install -y --no-install-recommends \
         python3 python3-venv python3-pip python3-dev gcc \
-        dcmtk orthanc dicom3tools xorriso tmux sqlite3 ca-certificates procps iproute2 systemd
+        dcmtk orthanc dicom3tools xorriso tmux sqlite3 ca-certificates procps iproute2 systemd \
+        qpdf poppler-utils
     # The orthanc package enables a system-wide server; tests start their own instances.
     if [ -d /run/systemd/system ]; then
         $sudo systemctl disable --now orthanc.service >/dev/null 2>&1 || true
