@@ -7,6 +7,9 @@ that builds one registers it, choosing it says it is not available yet::
 
 A callback gets the screen and the chosen studies (archive.studies rows) and runs on the UI
 thread: it must hand daemon calls to ``screen.call_in_background``.
+
+Print is built in (the film composer). A registered action takes the place of a built-in one
+until it is unregistered.
 """
 
 from __future__ import annotations
@@ -51,6 +54,18 @@ class StudyAction:
 _registry: dict[str, StudyAction] = {}
 
 
+def _open_film_composer(screen: ConsoleScreen, studies: list[dict[str, Any]]) -> None:
+    # Imported on use: the Studies screen loads this module, the composer is needed later.
+    from console.screens.film_composer import open_film_composer
+
+    open_film_composer(screen, studies)
+
+
+_BUILT_IN: dict[str, StudyAction] = {
+    "print": StudyAction("print", "Print", _open_film_composer),
+}
+
+
 def register_study_action(key: str, label: str, callback: StudyCallback) -> None:
     """Make ``key`` (e.g. "print") run ``callback`` on the selected studies."""
     _registry[key] = StudyAction(key, label, callback)
@@ -61,9 +76,12 @@ def unregister_study_action(key: str) -> None:
 
 
 def study_action(key: str) -> StudyAction:
-    """The registered action, or the planned one that is not available yet."""
+    """The registered action, else the built-in one, else the planned one that is not
+    available yet."""
     if key in _registry:
         return _registry[key]
+    if key in _BUILT_IN:
+        return _BUILT_IN[key]
     for planned, label, _ in PLANNED:
         if planned == key:
             return StudyAction(planned, label)

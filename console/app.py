@@ -3,7 +3,7 @@
 The app owns the connection (a thread keeps the client connected and subscribed, and batches the
 daemon's events every 0.25 s into one ``DaemonEvents`` message for every screen), the role
 (technologist; ctrl+u unlocks service mode with the service password, ctrl+l or idle time locks
-it), the help, the command palette and the six main screens, switched with 1..6 or f2..f7.
+it), the help, the command palette and the seven main screens, switched with 1..7 or f2..f8.
 Quitting the console never stops the daemon or its jobs.
 """
 
@@ -52,6 +52,7 @@ SCREENS: tuple[ScreenSpec, ...] = (
     ScreenSpec("query", "Query/Retrieve", "console.screens.query", "QueryScreen", ("4", "f5")),
     ScreenSpec("nodes", "Nodes", "console.screens.nodes", "NodesScreen", ("5", "f6")),
     ScreenSpec("settings", "Settings", "console.screens.settings", "SettingsScreen", ("6", "f7")),
+    ScreenSpec("print", "Print", "console.screens.print", "PrintScreen", ("7", "f8")),
 )
 
 
@@ -207,7 +208,9 @@ class ConsoleApp(App[None]):
         while not self._stop.is_set():
             try:
                 self.client.hello()
-                stream = self.client.subscribe(["job", "association", "storage", "alert"])
+                stream = self.client.subscribe(
+                    ["job", "association", "storage", "alert", "printer"]
+                )
             except (DaemonUnavailable, ApiError, OSError) as error:
                 self._post_connection(False, str(error))
                 self._stop.wait(RETRY_SECONDS)
@@ -425,7 +428,7 @@ class ConsoleApp(App[None]):
             seen.add(label)
             rows.append((label, binding.description))
         rows += [
-            ("1..6, f2..f7", "Dashboard, Jobs, Studies, Query/Retrieve, Nodes, Settings"),
+            ("1..7, f2..f8", "Dashboard, Jobs, Studies, Query/Retrieve, Nodes, Settings, Print"),
             ("ctrl+u / ctrl+l", "unlock / lock service mode"),
             ("ctrl+p", "command palette: every screen and action"),
         ]

@@ -158,3 +158,30 @@ class ApplianceClient:
 
     def clear_retry_policy(self, scope: str) -> None:
         self.call("retry.clear", scope=scope)
+
+    # --- printing --------------------------------------------------------------------------
+
+    def printers(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        """The configured printers, each with ``status`` (the last known Printer N-GET or
+        N-EVENT-REPORT, or None); ``refresh`` asks each printer now (a short N-GET)."""
+        return list(self.call("printers.list", refresh=refresh))
+
+    def compose_print(self, printer: str | None, request: dict[str, Any]) -> dict[str, Any]:
+        """The films a print would make: ``request`` holds the source (study_uids,
+        series_uids or sop_instance_uids) and the composer options."""
+        return dict(self.call("print.compose", printer=printer, **request))
+
+    def preview_print(
+        self, printer: str | None, request: dict[str, Any], *, output: str | None = None
+    ) -> dict[str, Any]:
+        """Render the films to files the daemon writes: {"files": [absolute paths]}."""
+        args: dict[str, Any] = dict(request)
+        if output:
+            args["output"] = output
+        return dict(self.call("print.preview", printer=printer, **args))
+
+    def submit_print(
+        self, printer: str, request: dict[str, Any], *, priority: int = 0
+    ) -> dict[str, Any]:
+        """Queue a print job; the job as jobs.show gives it."""
+        return dict(self.call("print.submit", printer=printer, priority=priority, **request))

@@ -131,6 +131,7 @@ def _node_label(node: dict[str, Any]) -> str:
 
 class NodePickerModal(ModalScreen[list[str] | None]):
     """Pick one node (``multiple=False``) or several; the chosen names, or None when cancelled.
+    Printers (name, AE title, host, port) are picked with it too.
 
     Space toggles a node (multiple), enter confirms, escape cancels.
     """
@@ -145,18 +146,20 @@ class NodePickerModal(ModalScreen[list[str] | None]):
         multiple: bool = False,
         title: str = "Choose a node",
         exclude: Iterable[str] = (),
+        empty: str = "No nodes are configured (field service adds them on Nodes).",
     ) -> None:
         super().__init__()
         skip = set(exclude)
         self.nodes = [node for node in nodes if str(node.get("name")) not in skip]
         self.multiple = multiple
         self.title_text = title
+        self.empty_text = empty
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box"):
             yield Label(self.title_text, classes="modal-title")
             if not self.nodes:
-                yield Static("No nodes are configured (field service adds them on Nodes).")
+                yield Static(self.empty_text)
             elif self.multiple:
                 yield SelectionList[str](
                     *[(_node_label(n), str(n["name"])) for n in self.nodes], id="nodes"

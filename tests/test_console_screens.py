@@ -400,17 +400,17 @@ async def test_studies_search_send_to_a_storescp_node_and_study_action_hooks(
         # The hooks later issues fill: not available until registered.
         await pilot.press("b")
         assert text_of(app, "#studies-message") == "Burn: not available yet"
-        printed: list[list[str]] = []
+        burned: list[list[str]] = []
         register_study_action(
-            "print", "Print", lambda s, studies: printed.append([x["study_uid"] for x in studies])
+            "burn", "Burn", lambda s, studies: burned.append([x["study_uid"] for x in studies])
         )
         try:
-            await pilot.press("p")
-            assert printed == [[doe_uid]]
+            await pilot.press("b")
+            assert burned == [[doe_uid]]
         finally:
-            unregister_study_action("print")
-        await pilot.press("p")
-        assert text_of(app, "#studies-message") == "Print: not available yet"
+            unregister_study_action("burn")
+        await pilot.press("a")
+        assert text_of(app, "#studies-message") == "Anonymize: not available yet"
 
         # Send the study under the cursor to the storescp node picked in the modal.
         await pilot.press("s")

@@ -41,7 +41,7 @@ STATE_FILTERS: tuple[tuple[str, list[str] | None], ...] = (
     ("succeeded", ["succeeded"]),
     ("cancelled", ["cancelled"]),
 )
-KIND_FILTERS: tuple[str, ...] = ("all", "send", "retrieve", "commitment", "forward")
+KIND_FILTERS: tuple[str, ...] = ("all", "send", "retrieve", "commitment", "forward", "print")
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("id", "ID", 5),
     ("state", "State", 16),
@@ -377,7 +377,8 @@ class JobsScreen(ConsoleScreen):
     def action_reroute(self) -> None:
         job_id = self.selected_id()
         if job_id is not None:
-            reroute(self, job_id)
+            job = self.jobs.get(job_id, {})
+            reroute(self, job_id, str(job.get("kind", "")), str(job.get("target", "")))
 
 
 CONFIRM = {
@@ -423,22 +424,38 @@ def run_job_action(screen: ConsoleScreen, job_id: int, action: str, **extra: Any
     )
 
 
-def reroute(screen: ConsoleScreen, job_id: int) -> None:
+def reroute(screen: ConsoleScreen, job_id: int, kind: str = "", current: str = "") -> None:
+    """Pick another target for a job: a node, or a printer for a print job."""
+    printing = kind == "print"
+
     def picked(names: list[str] | None) -> None:
         if not names:
             return
         target = names[0]
+        question = (
+            f"Print job {job_id} on {target} instead?"
+            if printing
+            else f"Send job {job_id} to {target} instead?"
+        )
         screen.app.push_screen(
-            ConfirmModal(f"Send job {job_id} to {target} instead?"),
+            ConfirmModal(question),
             lambda yes: run_job_action(screen, job_id, "reroute", target=target) if yes else None,
         )
 
-    def choose(nodes: list[dict[str, Any]]) -> None:
-        screen.app.push_screen(
-            NodePickerModal(nodes, multiple=False, title=f"Reroute job {job_id} to"), picked
+    def choose(targets: list[dict[str, Any]]) -> None:
+        title = f"Reroute job {job_id} to {'printer' if printing else ''}".rstrip()
+        empty = (
+            "No other printer is configured."
+            if printing
+            else "No nodes are configured (field service adds them on Nodes)."
         )
+        picker = NodePickerModal(
+            targets, multiple=False, title=title, exclude=[current] if current else [], empty=empty
+        )
+        screen.app.push_screen(picker, picked)
 
-    screen.call_in_background(screen.client.nodes, choose, group="nodes")
+    fetch = screen.client.printers if printing else screen.client.nodes
+    screen.call_in_background(fetch, choose, group="printers" if printing else "nodes")
 
 
 class JobDetailScreen(ConsoleScreen):
@@ -504,8 +521,9 @@ class JobDetailScreen(ConsoleScreen):
             lines.append(f"Next retry at {fmt(job.get('next_retry'), True)}")
         if job.get("error"):
             lines.append(f"Error: {job['error']}")
+        done = "printed" if job.get("kind") == "print" else "sent"
         lines.append(
-            f"{counts.get('success', 0)} sent, {counts.get('warning', 0)} with warning, "
+            f"{counts.get('success', 0)} {done}, {counts.get('warning', 0)} with warning, "
             f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending"
         )
         with self.app.batch_update():
@@ -545,4 +563,4 @@ class JobDetailScreen(ConsoleScreen):
         run_job_action(self, self.job_id, action)
 
     def action_reroute(self) -> None:
-        reroute(self, self.job_id)
+        reroute(self, self.job_id, str(self.job.get("kind", "")), str(self.job.get("target", "")))
