@@ -15,6 +15,7 @@ from appliance import (
     commitment_cli,
     jobs_cli,
     print_cli,
+    print_scp_cli,
     qr_cli,
     retry_cli,
     routing_cli,
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     routing_cli.add_parsers(commands, common)
     retry_cli.add_parsers(commands, common)
     print_cli.add_parsers(commands, common)
+    print_scp_cli.add_parsers(commands, common)
     return parser
 
 
@@ -298,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return retry_cli.run(args, store)
             if args.command in print_cli.COMMANDS:
                 return print_cli.run(args, store)
+            if args.command in print_scp_cli.COMMANDS:
+                return print_scp_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:

@@ -180,6 +180,10 @@ def _node_name(field_name: str, value: object) -> str:
     return value
 
 
+def _name_or_empty(field_name: str, value: object) -> str:
+    return "" if value is None or value == "" else _node_name(field_name, value)
+
+
 def _host(field_name: str, value: object) -> str:
     if not isinstance(value, str) or not _HOST.match(value):
         raise ConfigError(field_name, f"{value!r} is not a host name or IP address")
@@ -286,6 +290,22 @@ class Settings:
         10,
         _int_range(1, 1440),
         "minutes without a service request after which field-service mode locks again",
+    )
+    print_port: int = _setting(
+        0,
+        _int_range(1, 65535, also=(0,)),
+        "port of a listener serving only print (the virtual printers), 0 = none",
+    )
+    print_ae_title: str = _setting(
+        "APPLIANCE_PRINT", validate_ae_title, "AE title of the default virtual printer"
+    )
+    print_default_printer: str = _setting(
+        "",
+        _name_or_empty,
+        "printer that films sent to the default virtual printer go to (empty: hold them)",
+    )
+    print_presentation_lut: bool = _setting(
+        False, _bool, "virtual printers accept the Presentation LUT SOP Class"
     )
 
     @classmethod
@@ -606,6 +626,32 @@ class Printer:
         return cls(**data)
 
 
+@dataclass
+class VirtualPrinter:
+    """A printer the appliance emulates (Print SCP): films printed to its AE title are stored
+    in the archive and forwarded to ``printer``, or held when ``printer`` is None."""
+
+    name: str
+    ae_title: str
+    printer: str | None = None
+
+    def __post_init__(self) -> None:
+        self.name = _node_name("virtual_printer.name", self.name)
+        self.ae_title = validate_ae_title("virtual_printer.ae_title", self.ae_title)
+        self.printer = _optional(_node_name)("virtual_printer.printer", self.printer)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> VirtualPrinter:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"virtual_printer.{sorted(unknown)[0]}", "unknown field")
+        missing = {"name", "ae_title"} - set(data)
+        if missing:
+            raise ConfigError(f"virtual_printer.{sorted(missing)[0]}", "is required")
+        return cls(**data)
+
+
 # --- the field-service password ----------------------------------------------------------------
 
 SERVICE_PASSWORD_MIN = 8
@@ -703,12 +749,14 @@ class ConfigStore:
         self._routing_table = self._db.table("routing_rules")
         self._service_table = self._db.table("service")
         self._printers_table = self._db.table("printers")
+        self._virtual_printers_table = self._db.table("virtual_printers")
         # Refuse to go on with a bad file rather than guess: validate everything now.
         self.settings()
         self.nodes()
         self.retry_policies()
         self.routing_rules()
         self.printers()
+        self.virtual_printers()
         self._password_hash()
 
     @contextmanager
@@ -725,6 +773,7 @@ class ConfigStore:
                 self._routing_table.clear_cache()
                 self._service_table.clear_cache()
                 self._printers_table.clear_cache()
+                self._virtual_printers_table.clear_cache()
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -951,6 +1000,44 @@ class ConfigStore:
         with self._writer():
             if not self._printers_table.remove(Query().name == name):
                 raise ConfigError("printer", f"no printer named {name!r}")
+
+    # virtual printers (the Print SCP): each AE title maps to a printer or holds
+
+    def virtual_printers(self) -> list[VirtualPrinter]:
+        with self._lock:
+            self._virtual_printers_table.clear_cache()
+            docs = [dict(doc) for doc in self._virtual_printers_table.all()]
+        printers = [VirtualPrinter.from_mapping(doc) for doc in docs]
+        return sorted(printers, key=lambda p: p.name)
+
+    def add_virtual_printer(self, printer: VirtualPrinter, *, replace: bool = False) -> None:
+        with self._writer():
+            if printer.printer is not None and not self._printers_table.search(
+                Query().name == printer.printer
+            ):
+                raise ConfigError(
+                    "virtual_printer.printer", f"no printer named {printer.printer!r}"
+                )
+            for doc in self._virtual_printers_table.all():
+                if doc.get("name") == printer.name:
+                    if not replace:
+                        raise ConfigError(
+                            "virtual_printer.name",
+                            f"a virtual printer named {printer.name!r} already exists",
+                        )
+                elif doc.get("ae_title") == printer.ae_title:
+                    raise ConfigError(
+                        "virtual_printer.ae_title",
+                        f"virtual printer {doc.get('name')!r} already has AE title "
+                        f"{printer.ae_title!r}",
+                    )
+            self._virtual_printers_table.remove(Query().name == printer.name)
+            self._virtual_printers_table.insert(asdict(printer))
+
+    def remove_virtual_printer(self, name: str) -> None:
+        with self._writer():
+            if not self._virtual_printers_table.remove(Query().name == name):
+                raise ConfigError("virtual_printer", f"no virtual printer named {name!r}")
 
     # the field-service password: only its scrypt hash is stored, in the "service" table
 

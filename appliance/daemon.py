@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -20,6 +21,7 @@ from appliance.job_engine import JobEngine
 from appliance.job_store import JobStore
 from appliance.network import DicomServer
 from appliance.print_jobs import PrinterStatusBoard, register_print
+from appliance.print_scp import PrintService
 from appliance.qr_scp import FindService
 from appliance.retrieve_scp import RetrieveService
 from appliance.routing import Router
@@ -84,13 +86,28 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     printer_board = PrinterStatusBoard(events)
     register_print(engine, printer_board, archive)
     commitment = CommitmentService(data_dir)
+    # Films printed to us are stored, then queued as print jobs to the mapped printer.
+    print_service = PrintService(
+        store, archive, submit=engine.submit, printer_status=printer_board.get
+    )
     server = DicomServer(
         settings,
         store,
         archive,
-        services=[FindService(), RetrieveService(), commitment],
+        services=[FindService(), RetrieveService(), commitment, print_service],
         events=events,
     )
+    # The print port: Verification and print only, answering as print_ae_title.
+    print_server = None
+    if settings.print_port:
+        print_server = DicomServer(
+            replace(settings, port=settings.print_port, ae_title=settings.print_ae_title),
+            store,
+            archive,
+            services=[print_service],
+            events=events,
+            storage=False,
+        )
     router = Router(store, engine.submit, archive, data_dir)
     server.add_storage_listener(router.on_stored)
     control = ControlServer(
@@ -130,6 +147,20 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         control.stop()
         close_stores()
         return 1
+    if print_server is not None:
+        try:
+            print_server.start()
+        except OSError as exc:
+            LOG.error(
+                "cannot listen for print on %s:%d: %s",
+                settings.bind_address,
+                settings.print_port,
+                exc,
+            )
+            server.shutdown(0)
+            control.stop()
+            close_stores()
+            return 1
     # Reports left undelivered by the last run go out now; jobs left running are queued again.
     commitment.start(server)
     engine.start()
@@ -146,6 +177,8 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     # Running jobs stop between instances and stay queued for the next start.
     engine.stop(settings.shutdown_timeout)
     commitment.stop()
+    if print_server is not None:
+        print_server.shutdown(settings.shutdown_timeout)
     server.shutdown(settings.shutdown_timeout)
     control.stop()
     commitment.close()

@@ -129,7 +129,11 @@ def serve_requests_ourselves(
             # Answerable; a request without an identifier gets an error status from us
             # rather than silence from pynetdicom.
             and msg.MessageID is not None
-            and msg.AffectedSOPClassUID is not None
+            # N-SET, N-GET, N-ACTION and N-DELETE name their class as Requested SOP Class UID.
+            and (
+                msg.AffectedSOPClassUID is not None
+                or getattr(msg, "RequestedSOPClassUID", None) is not None
+            )
             and not assoc._sent_release
             and context is not None
             and str(context.abstract_syntax) in sop_classes
@@ -207,9 +211,13 @@ class DicomServer:
         archive: Archive,
         services: Sequence[ScpService] = (),
         events: EventBus | None = None,
+        *,
+        storage: bool = True,
     ) -> None:
         self.settings = settings
         self.services = list(services)
+        # False: a listener for its services only (the print port), without Storage.
+        self.storage = storage
         self.events = events
         self._association_ids = itertools.count(1)
         self._storage_listeners: list[StorageListener] = []
@@ -239,8 +247,9 @@ class DicomServer:
         apply_timeouts(ae, settings)
         register_storage_classes()
         ae.add_supported_context(VERIFICATION_SOP_CLASS, settings.transfer_syntaxes)
-        for sop_class in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(sop_class, settings.transfer_syntaxes)
+        if self.storage:
+            for sop_class in STORAGE_SOP_CLASSES:
+                ae.add_supported_context(sop_class, settings.transfer_syntaxes)
         for service in self.services:
             service.add_contexts(ae, settings)
         return ae
@@ -628,6 +637,10 @@ class DicomServer:
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
         refused = self.refuse_service(event, "store")
+        if refused is None and not self.storage:
+            # Only reachable when accept_any_storage_class (process-wide in pynetdicom) let a
+            # storage context through on a listener that does not store.
+            refused = error_status(0x0122, "this listener does not store instances")
         ae_title, address = self._peer(event.assoc)
         if refused is not None:
             self._store_done(

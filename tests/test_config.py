@@ -61,6 +61,10 @@ BAD_VALUES = [
     ("control_group", "Bad Group", "not a group name"),
     ("service_idle_minutes", 0, "1..1440"),
     ("service_idle_minutes", 1441, "1..1440"),
+    ("print_port", 70000, "1..65535 or 0"),
+    ("print_ae_title", "", "not a valid AE title"),
+    ("print_default_printer", "bad name!", "not a valid name"),
+    ("print_presentation_lut", "maybe", "not a boolean"),
 ]
 
 GOOD_VALUES = [
@@ -98,6 +102,10 @@ GOOD_VALUES = [
     ("routing_quiet_seconds", "5", 5.0),
     ("control_group", "dicom-console", "dicom-console"),
     ("service_idle_minutes", "30", 30),
+    ("print_port", "0", 0),
+    ("print_ae_title", "FILM_SPOOL", "FILM_SPOOL"),
+    ("print_default_printer", "film", "film"),
+    ("print_presentation_lut", "true", True),
 ]
 
 
