@@ -605,7 +605,7 @@ def test_virtual_printer_forwards_to_its_printer(scp):
     try:
         # What the real printer cannot print is refused at once.
         assert peer.create(one(MediumType="CLEAR FILM"), FILM_SESSION)[0] == 0x0106
-        uid = peer.session(one(NumberOfCopies="3", MediumType="paper", PrintPriority="HIGH"))
+        uid = peer.session(one(NumberOfCopies="3", MediumType="PAPER", PrintPriority="HIGH"))
         assert peer.film_box(uid, "STANDARD\\2,3")[0] == 0x0106
         _, first, boxes = peer.film_box(uid, "STANDARD\\2,2")
         assert peer.set(image_box(4), GRAY_BOX, boxes[3]) == 0
