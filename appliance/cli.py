@@ -14,6 +14,7 @@ from appliance import (
     __version__,
     commitment_cli,
     jobs_cli,
+    media_cli,
     print_cli,
     print_scp_cli,
     qr_cli,
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry_cli.add_parsers(commands, common)
     print_cli.add_parsers(commands, common)
     print_scp_cli.add_parsers(commands, common)
+    media_cli.add_parsers(commands, common)
     return parser
 
 
@@ -302,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return print_cli.run(args, store)
             if args.command in print_scp_cli.COMMANDS:
                 return print_scp_cli.run(args, store)
+            if args.command in media_cli.COMMANDS:
+                return media_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:
