@@ -20,10 +20,12 @@ from appliance.config import ConfigError, ConfigStore, Node, Settings
 from appliance.control import ApiError, Caller, ControlServer
 from appliance.job_engine import JobEngine
 from appliance.jobs import ACTIONS, JOB_KINDS, Job, JobError, JobState
+from appliance.media_api import MediaOperations
 from appliance.network import DicomServer
 from appliance.print_jobs import PrinterStatusBoard, PrintOperations
 
 if TYPE_CHECKING:
+    from appliance.drives import DriveWatcher
     from appliance.routing import Router
 
 # Job kinds an operator may queue through the API; the others are queued by their own screens
@@ -96,8 +98,10 @@ class Operations:
         started: float | None = None,
         router: Router | None = None,
         printer_board: PrinterStatusBoard | None = None,
+        drive_watcher: DriveWatcher | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.drive_watcher = drive_watcher
         self.printer_board = printer_board or PrinterStatusBoard(engine.events)
         self.config = config
         self.archive = archive
@@ -140,6 +144,13 @@ class Operations:
             archive=self.archive,
             engine=self.engine,
             board=self.printer_board,
+        ).register(control)
+        MediaOperations(
+            data_dir=self.data_dir,
+            config=self.config,
+            archive=self.archive,
+            engine=self.engine,
+            watcher=self.drive_watcher,
         ).register(control)
 
     # --- status --------------------------------------------------------------------------
