@@ -130,6 +130,27 @@ def _group_name(field_name: str, value: object) -> str:
     return value
 
 
+def _folder_or_empty(field_name: str, value: object) -> str:
+    """An absolute folder path, or empty for none (checked to exist when used, not here: a
+    mounted share may come later)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+        raise ConfigError(field_name, f"{value!r} is not an absolute folder path (or empty)")
+    return value
+
+
+def _label_text(field_name: str, value: object) -> str:
+    """Text printed on a disc label and its index page: one line, at most 64 characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 64 or re.search(r"[\x00-\x1f\x7f]", value):
+        raise ConfigError(
+            field_name, f"{value!r} is not label text (one line of at most 64 characters)"
+        )
+    return value.strip()
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str, object], str]:
     def check(field_name: str, value: object) -> str:
         if value not in choices:
@@ -306,6 +327,17 @@ class Settings:
     )
     print_presentation_lut: bool = _setting(
         False, _bool, "virtual printers accept the Presentation LUT SOP Class"
+    )
+    media_viewer_folder: str = _setting(
+        "",
+        _folder_or_empty,
+        "folder copied onto every burned disc as its viewer (empty: no viewer)",
+    )
+    media_dvd_jpeg: bool = _setting(
+        False, _bool, "burn DVDs as STD-GEN-DVD-JPEG (JPEG images kept), else STD-GEN-CD"
+    )
+    media_institution: str = _setting(
+        "", _label_text, "institution named on burned discs' label and index page"
     )
 
     @classmethod

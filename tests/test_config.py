@@ -65,6 +65,9 @@ BAD_VALUES = [
     ("print_ae_title", "", "not a valid AE title"),
     ("print_default_printer", "bad name!", "not a valid name"),
     ("print_presentation_lut", "maybe", "not a boolean"),
+    ("media_viewer_folder", "viewer", "absolute folder path"),
+    ("media_dvd_jpeg", "maybe", "not a boolean"),
+    ("media_institution", "X" * 65, "label text"),
 ]
 
 GOOD_VALUES = [
@@ -106,6 +109,9 @@ GOOD_VALUES = [
     ("print_ae_title", "FILM_SPOOL", "FILM_SPOOL"),
     ("print_default_printer", "film", "film"),
     ("print_presentation_lut", "true", True),
+    ("media_viewer_folder", "/opt/viewer", "/opt/viewer"),
+    ("media_dvd_jpeg", "yes", True),
+    ("media_institution", "General Hospital", "General Hospital"),
 ]
 
 
