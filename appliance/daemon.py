@@ -15,6 +15,7 @@ from appliance.archive import Archive
 from appliance.commitment import CommitmentService
 from appliance.config import ConfigError, ConfigStore, Settings
 from appliance.control import ControlServer, ControlSocketError, control_socket_path
+from appliance.drives import DEFAULT_DEBOUNCE, DriveWatcher
 from appliance.events import EventBus
 from appliance.fileio import remove_stale_partials
 from appliance.job_engine import JobEngine
@@ -109,6 +110,10 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
             storage=False,
         )
     router = Router(store, engine.submit, archive, data_dir)
+    # Optical drives through udev; without udev (a container) it warns and lists none.
+    drive_watcher = DriveWatcher(
+        events, debounce=getattr(settings, "media_debounce_seconds", DEFAULT_DEBOUNCE)
+    )
     server.add_storage_listener(router.on_stored)
     control = ControlServer(
         control_socket_path(data_dir),
@@ -125,6 +130,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         server=server,
         router=router,
         printer_board=printer_board,
+        drive_watcher=drive_watcher,
     ).register(control)
 
     def close_stores() -> None:
@@ -165,6 +171,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     commitment.start(server)
     engine.start()
     router.start()
+    drive_watcher.start()
 
     LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
     sd_notify(f"READY=1\nSTATUS=listening as {settings.ae_title} on port {server.port}")
@@ -173,6 +180,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     while not stop.wait(timeout=0.5):
         pass
     sd_notify("STOPPING=1")
+    drive_watcher.stop()
     router.stop()
     # Running jobs stop between instances and stay queued for the next start.
     engine.stop(settings.shutdown_timeout)
