@@ -1,9 +1,15 @@
+import time
+
 from tests.peers import LOOPBACK, dcmtk, run
 
 
 def test_dcmtk_echoscu_gets_success_from_the_daemon(daemon):
     result = run([dcmtk("echoscu"), "-aec", daemon.ae_title, LOOPBACK, str(daemon.port)])
     assert result.returncode == 0, result.stderr
+    # echoscu is done once the release is sent; the daemon logs it a moment later.
+    deadline = time.monotonic() + 10
+    while "released" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "released" in daemon.log()
 
 
