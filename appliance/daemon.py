@@ -20,6 +20,7 @@ from appliance.events import EventBus
 from appliance.fileio import remove_stale_partials
 from appliance.job_engine import JobEngine
 from appliance.job_store import JobStore
+from appliance.media_burn import register_burn
 from appliance.network import DicomServer
 from appliance.print_jobs import PrinterStatusBoard, register_print
 from appliance.print_scp import PrintService
@@ -114,6 +115,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     drive_watcher = DriveWatcher(
         events, debounce=getattr(settings, "media_debounce_seconds", DEFAULT_DEBOUNCE)
     )
+    register_burn(engine, archive, drive_watcher)
     server.add_storage_listener(router.on_stored)
     control = ControlServer(
         control_socket_path(data_dir),

@@ -37,7 +37,10 @@ class MediaOperations:
         self.watcher = watcher
 
     def register(self, control: ControlServer) -> None:
-        for op, handler in (("media.drives", self.media_drives),):
+        for op, handler in (
+            ("media.drives", self.media_drives),
+            ("media.burn", self.media_burn),
+        ):
             control.register(op, handler)
 
     @staticmethod
@@ -51,3 +54,25 @@ class MediaOperations:
         if self.watcher is None:
             return []
         return [drive.as_dict() for drive in self.watcher.drives()]
+
+    # --- burning -------------------------------------------------------------------------
+
+    def media_burn(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Queue a burn job: {drive, study_uids, profile?, capacity_bytes?, label?, viewer?,
+        priority?} -> the job (job_detail)."""
+        from appliance.api import job_detail
+        from appliance.jobs import JobError
+        from appliance.media_burn import REQUEST_KEYS
+
+        drive = args.get("drive")
+        if not isinstance(drive, str) or not drive.strip():
+            raise self._error("bad-request", "drive is required: /dev/sr0, or stdio:/path/disc.iso")
+        priority = args.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise self._error("bad-request", "priority must be an integer")
+        params = {key: args[key] for key in REQUEST_KEYS if key in args}
+        try:
+            job = self.engine.submit("burn", drive.strip(), params, priority=priority)
+        except JobError as exc:
+            raise self._error("invalid", str(exc)) from None
+        return job_detail(job)
