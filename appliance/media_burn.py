@@ -465,6 +465,8 @@ def _remove_partial(ctx: RunContext, number: int) -> None:
     if path.is_file():
         path.unlink()
         ctx.log(f"removed {path}, the unfinished image of disc {number} of an interrupted write")
+    with ctx.lock:
+        ctx.job.params.pop("writing", None)
 
 
 def make_runner(watcher: DriveWatcher | None = None) -> Callable[[RunContext], None]:
@@ -487,6 +489,10 @@ def make_runner(watcher: DriveWatcher | None = None) -> Callable[[RunContext], N
 def _burn(ctx: RunContext, drive_info: DriveLookup | None) -> None:
     job = ctx.job
     device = job.target
+    try:
+        check_device(device)  # a rerouted job's new target has not been through the validator
+    except BurnError as exc:
+        raise AttemptFailed(str(exc), retryable=False) from None
     planned = job.params.get("planned")
     if not job.instances or not planned:
         ctx.set_stage("planning")
@@ -586,6 +592,9 @@ def _run_disc(
             before_write=before_write,
         )
     except DiscFailed as exc:
+        if exc.phase == "write":
+            # A half-written image of ours is no disc: gone now, not only at the next attempt.
+            _remove_partial(ctx, number)
         if ctx.should_stop():
             ctx.record(replace(before, status=PENDING, error=""), attempted=False)
             return None
@@ -702,57 +711,60 @@ def burn_directly(
     *,
     say: Callable[[str], None] | None = None,
     drive_info: DriveLookup | None = None,
+    wait_seconds: float = 10.0,
+    waits: int = 60,
 ) -> list[DirectResult]:
     """Burn every disc once, in order, stopping at the first failure (no job, no retries).
-    Raises BurnError for a request that cannot be burned. On a real drive the next disc is
-    asked for on ``say`` and awaited (a blank medium) for at most ten minutes."""
+    Raises BurnError for a request that cannot be burned. On a real drive each disc after
+    the first is asked for on ``say`` and awaited (a blank medium in the drive) ``waits``
+    times ``wait_seconds`` at most."""
     check_device(device)
     clean = normalise_params(params)
     planned = plan(archive, clean, settings, device, drive_info)
     spool = _spool(data_dir, f"burn-direct-{time.time_ns()}")
     results: list[DirectResult] = []
     total = len(planned["discs"])
+    fresh: list[Path] = []
+
+    def tell(text: str) -> None:
+        if say is not None:
+            say(text)
+
+    def before_write(target: str) -> None:
+        fresh.clear()
+        path = target_path(target)
+        if path is not None and (not path.exists() or path.stat().st_size == 0):
+            fresh.append(path)
+
     try:
         for doc in planned["discs"]:
             number = int(doc["number"])
             started = time.monotonic()
-            attempts_left = 1 if is_file_target(device) or number == 1 else 60
+            left = waits if number > 1 and not is_file_target(device) else 0
             while True:
                 try:
                     target = burn_disc(
-                        archive,
-                        settings,
-                        clean,
-                        planned,
-                        doc,
-                        device,
-                        spool,
-                        stage=lambda text: say(text) if say else None,
-                    )
-                    results.append(
-                        DirectResult(number, total, True, target, "", time.monotonic() - started)
-                    )
-                    break
+                        archive, settings, clean, planned, doc, device, spool,
+                        stage=tell, before_write=before_write,
+                    )  # fmt: skip
                 except DiscFailed as exc:
-                    attempts_left -= 1
-                    if exc.retryable and attempts_left > 0:
-                        if say:
-                            say(f"insert a blank disc for disc {number} of {total}")
-                        time.sleep(10)
+                    if exc.phase == "write":
+                        for path in fresh:  # our own half-written image: no disc
+                            path.unlink(missing_ok=True)
+                    if exc.phase == "write" and left > 0:
+                        left -= 1
+                        tell(f"insert a blank disc for disc {number} of {total} ({exc.message})")
+                        time.sleep(wait_seconds)
                         continue
-                    results.append(
-                        DirectResult(
-                            number,
-                            total,
-                            False,
-                            disc_target(device, number),
-                            exc.message,
-                            time.monotonic() - started,
-                        )
-                    )
+                    failed = disc_target(device, number)
+                    elapsed = time.monotonic() - started
+                    results.append(DirectResult(number, total, False, failed, exc.message, elapsed))
                     return results
-            if number < total and not is_file_target(device) and say:
-                say(f"insert a blank disc for disc {number + 1} of {total}")
+                elapsed = time.monotonic() - started
+                results.append(DirectResult(number, total, True, target, "", elapsed))
+                break
+            if number < total and not is_file_target(device):
+                tell(f"insert a blank disc for disc {number + 1} of {total}")
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     return results

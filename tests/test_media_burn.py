@@ -9,6 +9,7 @@ Explicit VR Little Endian.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -17,11 +18,11 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from appliance.control import control_socket_path
+from appliance.control import ApiError, control_socket_path
 from appliance.control_client import ControlClient
 from appliance.job_store import JobStore
 from tests.factories import write_ct_series
-from tests.peers import dcmtk
+from tests.peers import appliance_cmd, dcmtk, run
 from tests.scp_helpers import storescu
 from tests.test_jobs_daemon import wait_job
 
@@ -217,8 +218,12 @@ def test_refusals_non_blank_and_unwritable_targets(daemon_factory, tmp_path):
         # The same through the API: media.burn answers with the job.
         queued = client.call("media.burn", drive=f"stdio:{out / 'next.iso'}", study_uids=[other])
         assert queued["kind"] == "burn" and queued["state"] == "queued"
-        with pytest.raises(Exception, match="different patients"):
+        with pytest.raises(ApiError, match="different patients"):
             client.call("media.burn", drive=f"stdio:{out / 'y.iso'}", study_uids=[study, other])
+        with pytest.raises(ApiError, match="not a drive"):
+            client.call("media.burn", drive="cdrom", study_uids=[study])
+        with pytest.raises(ApiError, match="absolute path"):
+            client.call("media.burn", drive="stdio:disc.iso", study_uids=[study])
     failed = wait_job(daemon, refused, FINAL)
     assert failed["state"] == "failed", failed
     assert "not blank" in failed["error"]
@@ -309,6 +314,17 @@ def test_without_a_daemon_the_disc_is_burned_directly(daemon_factory, tmp_path):
     assert not (root / "LABEL.TXT").exists()
     # The same disc again: not blank, said so, nothing overwritten.
     before = iso.read_bytes()
-    again = burn(daemon, f"stdio:{iso}", study)
-    assert again.returncode == 1 and "not blank" in again.stdout, again.stdout + again.stderr
+    again = burn(daemon, f"stdio:{iso}", study, extra=("--json",))
+    assert again.returncode == 1, again.stdout + again.stderr
+    report = json.loads(again.stdout)
+    assert [(r["disc"], r["ok"]) for r in report] == [(1, False)]
+    assert "not blank" in report[0]["error"]
     assert iso.read_bytes() == before
+    # A relative stdio: path is the caller's, made absolute before it reaches the burner.
+    relative = run(
+        appliance_cmd("media", "burn", "--study", study, "--drive", "stdio:rel.iso",
+                      "--data-dir", str(daemon.data_dir)),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert relative.returncode == 0, relative.stdout + relative.stderr
+    assert f"burned and verified: stdio:{tmp_path / 'rel.iso'}" in relative.stdout
