@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 # Job kinds an operator may queue through the API; the others are queued by their own screens
 # and services (burn, import, anonymize register theirs when they exist).
-SUBMITTABLE_KINDS = ("send", "retrieve", "commitment", "forward", "print", "burn")
+SUBMITTABLE_KINDS = ("send", "retrieve", "commitment", "forward", "print", "burn", "import")
 MAX_LIST = 1000
 # qr.find: levels the console drills through (Study Root), and the most matches it asks for.
 QR_FIND_LEVELS = ("study", "series")
@@ -264,8 +264,8 @@ class Operations:
 
     def _target(self, kind: str, name: str) -> None:
         """A job's target: a configured printer for print jobs, a drive device for burn jobs
-        (checked by the burn validator), else a configured node."""
-        if kind == "burn":
+        and "media" for import jobs (checked by their validators), else a configured node."""
+        if kind in ("burn", "import"):
             return
         if kind != "print":
             self._node(name)

@@ -21,6 +21,7 @@ from appliance.fileio import remove_stale_partials
 from appliance.job_engine import JobEngine
 from appliance.job_store import JobStore
 from appliance.media_burn import register_burn
+from appliance.media_import import register_import
 from appliance.network import DicomServer
 from appliance.print_jobs import PrinterStatusBoard, register_print
 from appliance.print_scp import PrintService
@@ -116,6 +117,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         events, debounce=getattr(settings, "media_debounce_seconds", DEFAULT_DEBOUNCE)
     )
     register_burn(engine, archive, drive_watcher)
+    register_import(engine, archive)
     server.add_storage_listener(router.on_stored)
     control = ControlServer(
         control_socket_path(data_dir),

@@ -40,6 +40,8 @@ class MediaOperations:
         for op, handler in (
             ("media.drives", self.media_drives),
             ("media.burn", self.media_burn),
+            ("media.scan", self.media_scan),
+            ("media.import", self.media_import),
         ):
             control.register(op, handler)
 
@@ -76,3 +78,19 @@ class MediaOperations:
         except JobError as exc:
             raise self._error("invalid", str(exc)) from None
         return job_detail(job)
+
+    # --- importing -----------------------------------------------------------------------
+
+    def media_scan(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """What a source holds, without storing anything: {source} -> patients with their
+        studies and local matches, files, problems (appliance.media_import)."""
+        from appliance.media_import import api_scan
+
+        return api_scan(self.data_dir, self.archive, args)
+
+    def media_import(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Queue an import job: {source, reconcile: {disc patient ID or "*": choice},
+        priority?} -> the job (job_detail)."""
+        from appliance.media_import import api_import
+
+        return api_import(self.engine, args)
