@@ -572,6 +572,17 @@ def _density_term(field_name: str, value: object) -> str:
     raise ConfigError(field_name, f"{value!r} is not BLACK, WHITE or a density 0..1000")
 
 
+#: The layouts a printer is taken to accept when its configuration names none: the usual
+#: STANDARD formats of film imagers, 1x1 (the default layout) first.
+COMMON_DISPLAY_FORMATS: tuple[str, ...] = tuple(
+    f"STANDARD\\{c},{r}"
+    for c, r in (
+        (1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3), (3, 4), (4, 3),
+        (3, 5), (5, 3), (4, 4), (4, 5), (5, 4), (5, 5),
+    )
+)  # fmt: skip
+
+
 @dataclass
 class Printer:
     """A film imager (DICOM Print SCP) the print spooler sends films to.
@@ -591,7 +602,7 @@ class Printer:
     medium_types: list[str] = field(default_factory=list)
     film_destinations: list[str] = field(default_factory=list)
     magnification_types: list[str] = field(default_factory=list)
-    display_formats: list[str] = field(default_factory=lambda: ["STANDARD\\1,1"])
+    display_formats: list[str] = field(default_factory=lambda: list(COMMON_DISPLAY_FORMATS))
     min_density: int | None = None
     max_density: int | None = None
     border_density: str | None = None

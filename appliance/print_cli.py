@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import jobs_cli
-from appliance.config import ConfigError, ConfigStore, Printer
+from appliance.config import COMMON_DISPLAY_FORMATS, ConfigError, ConfigStore, Printer
 from appliance.control import ApiError
 from appliance.control_client import DaemonUnavailable
 from appliance.print_render import FILM_SIZES, ORIENTATIONS
@@ -144,7 +144,7 @@ def cmd_printer(args: argparse.Namespace, store: ConfigStore) -> int:
             medium_types=[s.upper() for s in args.medium_types],
             film_destinations=[s.upper() for s in args.film_destinations],
             magnification_types=[s.upper() for s in args.magnification_types],
-            display_formats=args.display_formats or ["STANDARD\\1,1"],
+            display_formats=args.display_formats or list(COMMON_DISPLAY_FORMATS),
             min_density=args.min_density,
             max_density=args.max_density,
             border_density=args.border_density,

@@ -50,6 +50,7 @@ from pynetdicom.presentation import PresentationContext
 
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreRefused
 from appliance.config import (
+    COMMON_DISPLAY_FORMATS,
     MAGNIFICATION_TYPES,
     ConfigError,
     ConfigStore,
@@ -119,13 +120,7 @@ PRINT_QUEUE_FULL = 0xC602
 PRINT_ACTION = 1
 
 # Used when the mapped printer does not list its own (or the virtual printer holds).
-DEFAULT_DISPLAY_FORMATS = tuple(
-    f"STANDARD\\{c},{r}"
-    for c, r in (
-        (1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (3, 3), (3, 4), (4, 3),
-        (3, 5), (5, 3), (4, 4), (4, 5), (5, 4), (5, 5),
-    )
-)  # fmt: skip
+DEFAULT_DISPLAY_FORMATS = COMMON_DISPLAY_FORMATS
 DEFAULT_FILM_SIZES = tuple(FILM_SIZES)
 DEFAULT_MEDIUM_TYPES = ("BLUE FILM", "CLEAR FILM", "PAPER")
 DEFAULT_FILM_DESTINATIONS = ("MAGAZINE", "PROCESSOR")

@@ -87,7 +87,8 @@ GOOD_VALUES: list[tuple[str, object, object]] = [
 def test_defaults_send_nothing_unset() -> None:
     printer = Printer(**BASE)
     assert printer.grayscale and not printer.color
-    assert printer.display_formats == ["STANDARD\\1,1"]
+    assert printer.display_formats[0] == "STANDARD\\1,1"
+    assert "STANDARD\\2,2" in printer.display_formats
     assert printer.film_sizes == printer.medium_types == printer.film_destinations == []
     assert printer.magnification_types == []
     assert printer.min_density is printer.max_density is None
