@@ -115,8 +115,8 @@ class DiscContent:
     study_uids: list[str]
     instances: list[InstanceRecord]
     bytes: int = 0  # estimated size on the disc, overheads included
-    # 1-based positions in the whole selection, used as Series/Instance Number when an object
-    # has none, so that a series split over two discs is numbered the same way on both.
+    # Series/Instance Numbers for objects without one, chosen over the whole selection (after
+    # the highest number in use), so a series split over two discs is numbered alike on both.
     series_position: dict[str, int] = field(default_factory=dict, repr=False)
     instance_position: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -314,13 +314,25 @@ def plan_discs(
     for study in _groups(rows, lambda r: r.record.study_uid):
         place(study, 0)
 
+    # Numbers for objects that have none: after the highest one in use, in selection order,
+    # so they neither collide with real ones nor differ between the discs of a set.
     series_position: dict[str, int] = {}
     instance_position: dict[str, int] = {}
     for study in _groups(rows, lambda r: r.record.study_uid):
-        for n, series in enumerate(_groups(study, lambda r: r.record.series_uid), 1):
-            series_position[series[0].record.series_uid] = n
-            for m, row in enumerate(series, 1):
-                instance_position[row.record.sop_instance_uid] = m
+        series_groups = _groups(study, lambda r: r.record.series_uid)
+        used_series = [g[0].series_number for g in series_groups if g[0].series_number is not None]
+        next_series = max(used_series, default=0)
+        for series in series_groups:
+            if series[0].series_number is None:
+                next_series += 1
+                series_position[series[0].record.series_uid] = next_series
+            next_instance = max(
+                (r.instance_number for r in series if r.instance_number is not None), default=0
+            )
+            for row in series:
+                if row.instance_number is None:
+                    next_instance += 1
+                    instance_position[row.record.sop_instance_uid] = next_instance
 
     total = len(discs)
     planned = []
@@ -334,11 +346,14 @@ def plan_discs(
                 instances=[r.record for r in content],
                 bytes=size + reserve,
                 series_position={
-                    r.record.series_uid: series_position[r.record.series_uid] for r in content
+                    r.record.series_uid: series_position[r.record.series_uid]
+                    for r in content
+                    if r.record.series_uid in series_position
                 },
                 instance_position={
                     r.record.sop_instance_uid: instance_position[r.record.sop_instance_uid]
                     for r in content
+                    if r.record.sop_instance_uid in instance_position
                 },
             )
         )
@@ -522,10 +537,8 @@ class _Filler:
     def _note(self, what: str, entity: str, keyword: str, value: object, taken: bool) -> None:
         key = (keyword, entity)
         if key not in self.notes:
-            how = "taken from another object of the" if taken else "generated for the"
-            self.notes[key] = (
-                f"{keyword} missing in objects of {what} {entity}: {str(value)!r} {how} {what}"
-            )
+            how = f"taken from another object of the {what}" if taken else "generated"
+            self.notes[key] = f"{keyword} missing in {what} {entity}: {str(value)!r} ({how})"
 
     def fill(self, ds: Dataset) -> dict[str, object]:
         values: dict[str, object] = {}
@@ -725,7 +738,9 @@ def _write_instance(
         if source_ts != target_ts:
             if UID(source_ts).is_compressed:
                 lossy = UID(source_ts) in _LOSSY
-                ds.decompress()
+                # The same instance in another transfer syntax (PS3.5 10): pydicom would
+                # otherwise give the decoded copy a new SOP Instance UID.
+                ds.decompress(generate_instance_uid=False)
                 if lossy and _empty(ds, "LossyImageCompression"):
                     # Decoding does not undo a lossy compression: say so in the copy.
                     ds.LossyImageCompression = "01"
