@@ -339,6 +339,11 @@ class Settings:
     media_institution: str = _setting(
         "", _label_text, "institution named on burned discs' label and index page"
     )
+    media_debounce_seconds: float = _setting(
+        1.5,
+        _float_range(0, 10),
+        "seconds an optical drive must be quiet before its new state is believed",
+    )
 
     @classmethod
     def keys(cls) -> list[str]:

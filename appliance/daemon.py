@@ -15,7 +15,7 @@ from appliance.archive import Archive
 from appliance.commitment import CommitmentService
 from appliance.config import ConfigError, ConfigStore, Settings
 from appliance.control import ControlServer, ControlSocketError, control_socket_path
-from appliance.drives import DEFAULT_DEBOUNCE, DriveWatcher
+from appliance.drives import DriveWatcher
 from appliance.events import EventBus
 from appliance.fileio import remove_stale_partials
 from appliance.job_engine import JobEngine
@@ -113,9 +113,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         )
     router = Router(store, engine.submit, archive, data_dir)
     # Optical drives through udev; without udev (a container) it warns and lists none.
-    drive_watcher = DriveWatcher(
-        events, debounce=getattr(settings, "media_debounce_seconds", DEFAULT_DEBOUNCE)
-    )
+    drive_watcher = DriveWatcher(events, debounce=settings.media_debounce_seconds)
     register_burn(engine, archive, drive_watcher)
     register_import(engine, archive)
     server.add_storage_listener(router.on_stored)

@@ -425,6 +425,14 @@ class JobEngine:
                 self.config.printer(target)
             except ConfigError as exc:
                 raise JobError(str(exc)) from None
+        elif job.kind == "burn":
+            # Imported here: the burn runner builds on this module.
+            from appliance.media_burn import BurnError, check_device
+
+            try:
+                target = check_device(target)
+            except BurnError as exc:
+                raise JobError(str(exc)) from None
         if target == job.target:
             raise JobError(f"job {job.id} already goes to {target}")
 

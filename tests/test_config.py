@@ -68,6 +68,7 @@ BAD_VALUES = [
     ("media_viewer_folder", "viewer", "absolute folder path"),
     ("media_dvd_jpeg", "maybe", "not a boolean"),
     ("media_institution", "X" * 65, "label text"),
+    ("media_debounce_seconds", 11, "0..10"),
 ]
 
 GOOD_VALUES = [
@@ -112,6 +113,7 @@ GOOD_VALUES = [
     ("media_viewer_folder", "/opt/viewer", "/opt/viewer"),
     ("media_dvd_jpeg", "yes", True),
     ("media_institution", "General Hospital", "General Hospital"),
+    ("media_debounce_seconds", "0.5", 0.5),
 ]
 
 

@@ -371,6 +371,18 @@ def test_submit_refuses_bad_requests(env):
     assert env.store.counts()["queued"] + env.store.counts()["running"] >= 1
 
 
+def test_a_burn_job_reroutes_only_to_a_drive(env, gate, tmp_path):
+    engine = env.engine()
+    engine.register("burn", gate)
+    job = engine.submit("burn", f"stdio:{tmp_path}/a.iso", {})
+    wait_for(lambda: gate.running(job.id), what="the burn job")
+    for bad in ("pacs", "stdio:relative.iso", f"stdio:{tmp_path}/"):
+        with pytest.raises(JobError, match="drive|absolute|folder"):
+            engine.act(job.id, "reroute", target=bad)
+    engine.act(job.id, "reroute", target=f"stdio:{tmp_path}/b.iso")
+    wait_for(lambda: engine.get(job.id).target == f"stdio:{tmp_path}/b.iso", what="the reroute")
+
+
 # --- restart and stop ------------------------------------------------------------------------
 
 
