@@ -8,8 +8,8 @@ that builds one registers it, choosing it says it is not available yet::
 A callback gets the screen and the chosen studies (archive.studies rows) and runs on the UI
 thread: it must hand daemon calls to ``screen.call_in_background``.
 
-Print is built in (the film composer). A registered action takes the place of a built-in one
-until it is unregistered.
+Print (the film composer) and burn (the burn dialog) are built in. A registered action takes the
+place of a built-in one until it is unregistered.
 """
 
 from __future__ import annotations
@@ -61,8 +61,15 @@ def _open_film_composer(screen: ConsoleScreen, studies: list[dict[str, Any]]) ->
     open_film_composer(screen, studies)
 
 
+def _open_burn_dialog(screen: ConsoleScreen, studies: list[dict[str, Any]]) -> None:
+    from console.screens.burn_dialog import open_burn_dialog
+
+    open_burn_dialog(screen, studies)
+
+
 _BUILT_IN: dict[str, StudyAction] = {
     "print": StudyAction("print", "Print", _open_film_composer),
+    "burn": StudyAction("burn", "Burn", _open_burn_dialog),
 }
 
 

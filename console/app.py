@@ -3,7 +3,7 @@
 The app owns the connection (a thread keeps the client connected and subscribed, and batches the
 daemon's events every 0.25 s into one ``DaemonEvents`` message for every screen), the role
 (technologist; ctrl+u unlocks service mode with the service password, ctrl+l or idle time locks
-it), the help, the command palette and the seven main screens, switched with 1..7 or f2..f8.
+it), the help, the command palette and the eight main screens, switched with 1..8 or f2..f9.
 Quitting the console never stops the daemon or its jobs.
 """
 
@@ -53,6 +53,7 @@ SCREENS: tuple[ScreenSpec, ...] = (
     ScreenSpec("nodes", "Nodes", "console.screens.nodes", "NodesScreen", ("5", "f6")),
     ScreenSpec("settings", "Settings", "console.screens.settings", "SettingsScreen", ("6", "f7")),
     ScreenSpec("print", "Print", "console.screens.print", "PrintScreen", ("7", "f8")),
+    ScreenSpec("media", "Media", "console.screens.media", "MediaScreen", ("8", "f9")),
 )
 
 
@@ -209,7 +210,7 @@ class ConsoleApp(App[None]):
             try:
                 self.client.hello()
                 stream = self.client.subscribe(
-                    ["job", "association", "storage", "alert", "printer"]
+                    ["job", "association", "storage", "alert", "printer", "drive"]
                 )
             except (DaemonUnavailable, ApiError, OSError) as error:
                 self._post_connection(False, str(error))
@@ -428,7 +429,10 @@ class ConsoleApp(App[None]):
             seen.add(label)
             rows.append((label, binding.description))
         rows += [
-            ("1..7, f2..f8", "Dashboard, Jobs, Studies, Query/Retrieve, Nodes, Settings, Print"),
+            (
+                "1..8, f2..f9",
+                "Dashboard, Jobs, Studies, Query/Retrieve, Nodes, Settings, Print, Media",
+            ),
             ("ctrl+u / ctrl+l", "unlock / lock service mode"),
             ("ctrl+p", "command palette: every screen and action"),
         ]

@@ -16,6 +16,7 @@ __all__ = ["ApiError", "ApplianceClient", "DaemonUnavailable", "EventStream"]
 
 TECHNOLOGIST = "technologist"
 SERVICE = "service"
+SCAN_TIMEOUT = 600.0  # seconds: media.scan reads a whole disc when its DICOMDIR is missing
 
 
 class ApplianceClient:
@@ -185,3 +186,47 @@ class ApplianceClient:
     ) -> dict[str, Any]:
         """Queue a print job; the job as jobs.show gives it."""
         return dict(self.call("print.submit", printer=printer, priority=priority, **request))
+
+    # --- patient media ---------------------------------------------------------------------
+
+    def drives(self) -> list[dict[str, Any]]:
+        """The optical drives the daemon watches, each as its last udev event left it: device,
+        model, state (empty, blank-cd, blank-dvd, appendable, closed-data, busy, unknown,
+        gone), media, capacity_bytes, label, can_write_dvd, updated."""
+        return list(self.call("media.drives"))
+
+    def burn(
+        self,
+        drive: str,
+        study_uids: list[str],
+        *,
+        capacity_bytes: int | None = None,
+        label: bool | None = None,
+    ) -> dict[str, Any]:
+        """Queue a burn job of studies of one patient on ``drive`` (a device or a
+        ``stdio:/path/disc.iso`` file-backed drive); the job as jobs.show gives it."""
+        args: dict[str, Any] = {"drive": drive, "study_uids": list(study_uids)}
+        if capacity_bytes is not None:
+            args["capacity_bytes"] = capacity_bytes
+        if label is not None:
+            args["label"] = label
+        return dict(self.call("media.burn", **args))
+
+    def scan_media(self, source: str) -> dict[str, Any]:
+        """What a disc, folder or ISO file holds: its patients with their studies and the local
+        patients matching each, and the problems found (files that are not DICOM, paths
+        pointing outside the disc). Reading a disc takes a while: a longer timeout."""
+        return dict(self.slow_call("media.scan", SCAN_TIMEOUT, source=source))
+
+    def import_media(self, source: str, reconcile: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Queue an import job of ``source`` with a choice per disc patient ID (keep, map to a
+        local patient, new values); the job as jobs.show gives it."""
+        return dict(self.call("media.import", source=source, reconcile=reconcile))
+
+    def slow_call(self, op: str, timeout: float, **args: Any) -> Any:
+        """A call that may outlast the usual timeout, on a connection of its own."""
+        control = ControlClient(self.socket_path, role=self.role, timeout=timeout)
+        try:
+            return control.call(op, **args)
+        finally:
+            control.close()

@@ -423,7 +423,7 @@ async def test_key_7_shows_the_print_screen_with_its_help(print_daemon: Any) -> 
         )
         keys = dict(help_modal.keys)
         assert keys["r"] == "Reprint" and keys["o"] == "Reroute" and keys["g"] == "Refresh"
-        assert keys["1..7, f2..f8"].endswith("Settings, Print")
+        assert keys["1..8, f2..f9"].endswith("Settings, Print, Media")
         await pilot.press("escape")
         commands = [c.title for c in app.get_system_commands(app.screen)]
         assert "Go to Print" in commands and "Print: Reprint" in commands
