@@ -40,12 +40,14 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom import config, dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
 from pydicom.fileset import DIRECTORY_RECORDERS, FileSet, RecordNode
@@ -490,8 +492,25 @@ def is_valid_file_id(components: Sequence[str]) -> bool:
 
 
 def _empty(ds: Dataset, keyword: str) -> bool:
-    element = ds.get(keyword)
-    return element is None or element == "" or (hasattr(element, "__len__") and not element)
+    """No element or no value. Looks at the raw element: converting every value of every
+    header costs more than copying the files."""
+    tag = _TAGS.get(keyword) or _TAGS.setdefault(keyword, tag_for_keyword(keyword) or 0)
+    if tag not in ds:
+        return True
+    value = ds.get_item(tag).value
+    if value is None:
+        return True
+    if isinstance(value, bytes):
+        return not value.strip(b" \x00")
+    if isinstance(value, str):
+        return not value.strip(" \x00")
+    try:
+        return len(value) == 0
+    except TypeError:
+        return False
+
+
+_TAGS: dict[str, int] = {}
 
 
 def _short_hash(*parts: str) -> str:
@@ -651,7 +670,6 @@ def build_fileset(
     fs = FileSet()
     fs.ID = fileset_id
     files: list[Path] = []
-    total_bytes = 0
     summary = _Summary()
     count = len(disc.instances)
     headers: list[Dataset] = []
@@ -666,24 +684,38 @@ def build_fileset(
         raise FileSetError("the disc has no instances")
     filler = _Filler(disc, headers)
     tree = _Tree(fs)
-    for n, (record, header) in enumerate(zip(disc.instances, headers, strict=True), 1):
-        if should_stop is not None and should_stop():
-            raise FileSetError("stopped")
-        values = filler.fill(header)
-        for keyword, value in values.items():
-            setattr(header, keyword, value)
-        source_ts = str(header.file_meta.get("TransferSyntaxUID", record.transfer_syntax))
-        target_ts = source_ts if source_ts in allowed else ExplicitVRLittleEndian
-        header.file_meta.TransferSyntaxUID = UID(target_ts)
-        components = tree.add(header)
-        destination = out.joinpath(*components)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        _write_instance(record, destination, values, source_ts, target_ts)
-        total_bytes += destination.stat().st_size
-        files.append(Path(*components))
-        summary.add(header)
-        if progress is not None:
-            progress(n / count * 0.95)
+    folders: set[Path] = set()
+    # Byte-for-byte copies run in threads (sendfile releases the GIL) while this thread reads
+    # the next headers and builds records.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fileset-copy") as pool:
+        copies = []
+        for n, (record, header) in enumerate(zip(disc.instances, headers, strict=True), 1):
+            if should_stop is not None and should_stop():
+                raise FileSetError("stopped")
+            values = filler.fill(header)
+            for keyword, value in values.items():
+                setattr(header, keyword, value)
+            source_ts = str(header.file_meta.get("TransferSyntaxUID", record.transfer_syntax))
+            target_ts = source_ts if source_ts in allowed else ExplicitVRLittleEndian
+            header.file_meta.TransferSyntaxUID = UID(target_ts)
+            with config.disable_value_validation():  # values as read from the file
+                components = tree.add(header)
+            destination = out.joinpath(*components)
+            if destination.parent not in folders:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(destination.parent)
+            if not values and source_ts == target_ts:
+                # The archive's file is already what the disc needs.
+                copies.append(pool.submit(shutil.copyfile, record.path, destination))
+            else:
+                _write_instance(record, destination, values, source_ts, target_ts)
+            files.append(Path(*components))
+            summary.add(header, record)
+            if progress is not None:
+                progress(n / count * 0.95)
+        for copy in copies:
+            copy.result()
+    total_bytes = sum((out / path).stat().st_size for path in files)
     dicomdir = tree.encode()
 
     extras: list[tuple[str, bytes]] = [
@@ -727,10 +759,6 @@ def _write_instance(
     source_ts: str,
     target_ts: str,
 ) -> None:
-    if not values and source_ts == target_ts:
-        # The archive's file is already what the disc needs: copied byte for byte.
-        shutil.copyfile(record.path, destination)
-        return
     try:
         ds = dcmread(record.path)
         for keyword, value in values.items():
@@ -814,31 +842,33 @@ class _Summary:
         self.patients: dict[str, _Patient] = {}
         self.institutions: list[str] = []
 
-    def add(self, ds: Dataset) -> None:
-        patient = self.patients.setdefault(
-            str(ds.PatientID),
-            _Patient(
-                str(ds.PatientID),
+    def add(self, ds: Dataset, record: InstanceRecord) -> None:
+        # Values are read once per patient, study and series: the rest only counts.
+        patient_id = str(ds.PatientID)
+        patient = self.patients.get(patient_id)
+        if patient is None:
+            patient = self.patients[patient_id] = _Patient(
+                patient_id,
                 str(ds.get("PatientName", "") or ""),
                 str(ds.get("PatientBirthDate", "") or ""),
                 str(ds.get("PatientSex", "") or ""),
-            ),
-        )
-        uid = str(ds.get("StudyInstanceUID", ""))
-        study = patient.studies.get(uid)
+            )
+        study = patient.studies.get(record.study_uid)
         if study is None:
-            study = patient.studies[uid] = _Study(
-                uid,
+            study = patient.studies[record.study_uid] = _Study(
+                record.study_uid,
                 str(ds.get("StudyDate", "") or ""),
                 str(ds.get("StudyTime", "") or ""),
                 str(ds.get("StudyDescription", "") or ""),
                 str(ds.get("AccessionNumber", "") or ""),
             )
+        study.images += 1
+        if record.series_uid in study.series:
+            return
+        study.series.add(record.series_uid)
         modality = str(ds.get("Modality", "") or "")
         if modality and modality not in study.modalities:
             study.modalities.append(modality)
-        study.series.add(str(ds.get("SeriesInstanceUID", "")))
-        study.images += 1
         institution = str(ds.get("InstitutionName", "") or "")
         if institution and institution not in self.institutions:
             self.institutions.append(institution)
