@@ -759,6 +759,7 @@ def _write_instance(
     source_ts: str,
     target_ts: str,
 ) -> None:
+    """A copy of the archive's file with keys filled and/or in another transfer syntax."""
     try:
         ds = dcmread(record.path)
         for keyword, value in values.items():
