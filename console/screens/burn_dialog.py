@@ -108,9 +108,9 @@ def drive_note(drive: dict[str, Any] | None, target: str) -> str:
         size = size_text(drive.get("capacity_bytes"))
         return f"blank {drive.get('media') or 'disc'}{f', {size} free' if size else ''}"
     if state == "empty":
-        return "no disc in the drive: the job waits for a blank disc"
+        return "no disc in the drive: insert a blank one"
     if state == "busy":
-        return "the drive is busy: the job waits until it is free"
+        return "the drive is busy (another burn holds it)"
     return drive_state(drive)
 
 
