@@ -23,6 +23,7 @@ from appliance.jobs import ACTIONS, JOB_KINDS, Job, JobError, JobState
 from appliance.media_api import MediaOperations
 from appliance.network import DicomServer
 from appliance.print_jobs import PrinterStatusBoard, PrintOperations
+from appliance.security_api import SecurityOperations
 
 if TYPE_CHECKING:
     from appliance.drives import DriveWatcher
@@ -152,6 +153,7 @@ class Operations:
             engine=self.engine,
             watcher=self.drive_watcher,
         ).register(control)
+        SecurityOperations(data_dir=self.data_dir, config=self.config).register(control)
 
     # --- status --------------------------------------------------------------------------
 
