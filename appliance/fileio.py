@@ -47,18 +47,24 @@ def _writer_alive(partial: Path) -> bool:
     return True
 
 
-def atomic_write_bytes(path: Path, *chunks: bytes) -> None:
+def atomic_write_bytes(path: Path, *chunks: bytes, mode: int | None = None) -> None:
     """Write ``chunks`` to ``path`` so that ``path`` is either the old file or the whole new one.
 
     The data is fsynced under a temporary name in the same directory, renamed over ``path`` and
     the directory is fsynced, so the rename itself survives a power cut. On any error the
-    temporary file is removed and the error propagates.
+    temporary file is removed and the error propagates. ``mode``, when given, is set exactly on
+    the temporary file before any byte is written (a private key is never readable by others,
+    not even briefly); else the file is created 0640 less the umask.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(chunks):x}{PARTIAL_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640 if mode is None else mode)
     try:
         try:
+            if mode is not None:
+                # The umask may have taken bits away, and a stale temporary file of the same
+                # name keeps its old mode: set it exactly.
+                os.fchmod(fd, mode)
             for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
