@@ -183,6 +183,7 @@ class Study:
     patient_id: str | None = None
     patient_name: str | None = None
     accession: str | None = None
+    description: str | None = None
     # SOP Class UID -> number of instances (may be empty when unknown).
     sop_classes: dict[str, int] = field(default_factory=dict)
 
@@ -393,6 +394,8 @@ def _study_object(root: ET.Element, study: Study) -> None:
         },
     )
     _coded(element, "ParticipantObjectIDTypeCode", STUDY_UID_TYPE)
+    # The schema wants a name or a query: the study description when known, else the UID.
+    ET.SubElement(element, "ParticipantObjectName").text = _clean(study.description or study.uid)
     if study.accession or study.sop_classes:
         description = ET.SubElement(element, "ParticipantObjectDescription")
         if study.accession:
@@ -419,8 +422,9 @@ def _patient_objects(root: ET.Element, studies: Sequence[Study]) -> None:
             },
         )
         _coded(element, "ParticipantObjectIDTypeCode", PATIENT_NUMBER_TYPE)
-        if study.patient_name:
-            ET.SubElement(element, "ParticipantObjectName").text = _clean(study.patient_name)
+        ET.SubElement(element, "ParticipantObjectName").text = _clean(
+            study.patient_name or pid or "(no Patient ID)"
+        )
 
 
 def _outcome(value: int | str) -> int:

@@ -211,6 +211,12 @@ def _host(field_name: str, value: object) -> str:
     return value
 
 
+def _host_or_empty(field_name: str, value: object) -> str:
+    if value == "":
+        return ""
+    return _host(field_name, value)
+
+
 # --- schema ----------------------------------------------------------------------------------
 
 
@@ -343,6 +349,15 @@ class Settings:
         1.5,
         _float_range(0, 10),
         "seconds an optical drive must be quiet before its new state is believed",
+    )
+    audit_syslog_host: str = _setting(
+        "", _host_or_empty, "syslog collector that audit messages go to (empty: local log only)"
+    )
+    audit_syslog_port: int = _setting(
+        6514, _int_range(1, 65535), "port of the audit syslog collector (6514: syslog over TLS)"
+    )
+    audit_syslog_tls: bool = _setting(
+        True, _bool, "send audit messages to the collector over TLS (RFC 5425)"
     )
 
     @classmethod

@@ -69,6 +69,9 @@ BAD_VALUES = [
     ("media_dvd_jpeg", "maybe", "not a boolean"),
     ("media_institution", "X" * 65, "label text"),
     ("media_debounce_seconds", 11, "0..10"),
+    ("audit_syslog_host", "not a host!", "not a host name"),
+    ("audit_syslog_port", 0, "1..65535"),
+    ("audit_syslog_tls", "maybe", "not a boolean"),
 ]
 
 GOOD_VALUES = [
@@ -114,6 +117,10 @@ GOOD_VALUES = [
     ("media_dvd_jpeg", "yes", True),
     ("media_institution", "General Hospital", "General Hospital"),
     ("media_debounce_seconds", "0.5", 0.5),
+    ("audit_syslog_host", "syslog.example.org", "syslog.example.org"),
+    ("audit_syslog_host", "", ""),
+    ("audit_syslog_port", "514", 514),
+    ("audit_syslog_tls", "false", False),
 ]
 
 
