@@ -20,6 +20,7 @@ from appliance import (
     qr_cli,
     retry_cli,
     routing_cli,
+    tls_cli,
     workflow_cli,
 )
 from appliance.config import NODE_SERVICES, ConfigError, ConfigStore, Node, Settings
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     print_cli.add_parsers(commands, common)
     print_scp_cli.add_parsers(commands, common)
     media_cli.add_parsers(commands, common)
+    tls_cli.add_parsers(commands, common)
     return parser
 
 
@@ -306,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return print_scp_cli.run(args, store)
             if args.command in media_cli.COMMANDS:
                 return media_cli.run(args, store)
+            if args.command in tls_cli.COMMANDS:
+                return tls_cli.run(args, store)
         finally:
             store.close()
     except ConfigError as exc:

@@ -21,7 +21,7 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
-from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, audit
 from appliance.acceptor import EventDrivenRequestHandler
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreOutcome, StoreRefused
 from appliance.config import NODE_SERVICES, ConfigStore, Node, Settings
@@ -189,6 +189,8 @@ class AssociationStats:
     last_op: str = ""
     last_op_at: float | None = None
     ops: dict[str, int] = field(default_factory=dict)
+    # Studies stored on this association, for its audit messages when it closes.
+    received: audit.ReceivedTally = field(default_factory=audit.ReceivedTally)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -417,6 +419,7 @@ class DicomServer:
         with self._lock:
             self._stats[id(assoc)] = stats
         self._publish("association", {"event": "opened", **stats.info()})
+        audit.association_accepted(assoc)
 
     def refuse_service(self, event: evt.Event, service: str) -> Dataset | None:
         stats = self._stats.get(id(event.assoc))
@@ -468,6 +471,8 @@ class DicomServer:
 
     def _closed(self, stats: AssociationStats, how: str) -> None:
         duration = time.monotonic() - stats.started
+        stats.received.failed = stats.failed
+        audit.instances_received(stats.peer_ae, stats.host, stats.called_ae, stats.received, how)
         LOG.info(
             "association from %s at %s %s after %.1f s: %d stored, %d failed",
             stats.peer_ae,
@@ -545,6 +550,7 @@ class DicomServer:
         return str(primitive.called_ae_title).strip() if primitive is not None else ""
 
     def _publish_rejected(self, assoc: Association, why: str) -> None:
+        audit.association_rejected(assoc, why)
         if self.events is None:
             return
         calling, _address = self._peer(assoc)
@@ -674,6 +680,8 @@ class DicomServer:
             )
             # Inside the in-flight count: shutdown waits for the listeners too.
             self._store_done(event, ae_title, sop_class, sop_instance, 0x0000, outcome=outcome)
+            if stats:
+                stats.received.add(outcome.dataset, sop_class)
         except StoreRefused as exc:
             if stats:
                 stats.failed += 1
