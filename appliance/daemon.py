@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
+from appliance import audit
 from appliance.api import Operations
 from appliance.archive import Archive
 from appliance.commitment import CommitmentService
@@ -66,6 +67,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     except ConfigError as exc:
         LOG.error("refusing to start: bad configuration in %s: %s", data_dir, exc)
         return 2
+    audit.configure(data_dir, settings)
 
     # Installed before recovery and the listener, so an early SIGTERM still exits cleanly.
     stop = threading.Event()
@@ -176,6 +178,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     drive_watcher.start()
 
     LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
+    audit.application(start=True)
     sd_notify(f"READY=1\nSTATUS=listening as {settings.ae_title} on port {server.port}")
     # Wake up now and then: a signal delivered to one of pynetdicom's threads would not
     # interrupt a wait without timeout in the main thread, and the handler would never run.
@@ -193,5 +196,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     control.stop()
     commitment.close()
     close_stores()
+    audit.application(start=False)
+    audit.shutdown()
     LOG.info("stopped")
     return 0

@@ -30,6 +30,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
+from appliance import audit
 from appliance.config import Settings
 from appliance.dicom_classes import IMPLICIT_VR_LE, UNCOMPRESSED_TRANSFER_SYNTAXES
 from appliance.network import DicomServer, EventHandlers, error_status, serve_requests_ourselves
@@ -222,6 +223,7 @@ class FindService:
                 return  # the requestor is gone: nobody to answer
             if match is None or result is None:
                 self._send_final(assoc, msg, context_id, status)
+                audit.query(assoc, sop_class, msg.Identifier, str(transfer_syntax), status)
                 continue
             assert isinstance(status, int)
             data = None

@@ -29,7 +29,7 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import PresentationContext
 
-from appliance import scu
+from appliance import audit, scu
 from appliance.archive import Archive, InstanceRecord
 from appliance.config import Node, Settings
 from appliance.dicom_classes import (
@@ -257,6 +257,7 @@ class RetrieveService:
             return
         self._run(request, tally, lambda: self._move_suboperations(request, node, instances, tally))
         self._finish(request, what, level, len(instances), tally)
+        audit.retrieve(request.assoc, request.kind, self._server, instances, tally, node)
 
     def _destination(self, ae_title: str) -> Node:
         assert self._server is not None
@@ -339,6 +340,7 @@ class RetrieveService:
             return
         self._run(request, tally, lambda: self._get_suboperations(request, instances, tally))
         self._finish(request, what, level, len(instances), tally)
+        audit.retrieve(request.assoc, request.kind, self._server, instances, tally)
 
     def _get_suboperations(
         self, request: _Request, instances: list[InstanceRecord], tally: Tally
