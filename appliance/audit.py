@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -931,3 +933,445 @@ def iter_codes() -> Iterable[tuple[str, Code]]:
     """Every event and event type name with its code (for help texts and the console)."""
     yield from EVENT_IDS.items()
     yield from EVENT_TYPES.items()
+
+
+# --- who is acting ---------------------------------------------------------------------------
+
+_ACTOR: contextvars.ContextVar[Participant | None] = contextvars.ContextVar(
+    "audit_actor", default=None
+)
+
+
+@contextlib.contextmanager
+def acting_as(participant: Participant | None) -> Iterator[None]:
+    """Within the block, messages name ``participant`` as the requesting user."""
+    token = _ACTOR.set(participant)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
+def actor() -> Participant | None:
+    return _ACTOR.get()
+
+
+def control_caller(uid: int, pid: int, role: str) -> Participant:
+    """A control-socket client: its operating-system user, process and role."""
+    person = os_user(uid, pid)
+    person.user_name = role
+    return person
+
+
+def _requestors() -> list[Participant]:
+    current = _ACTOR.get()
+    return [current] if current is not None else []
+
+
+# --- hooks: associations and DIMSE services ----------------------------------------------------
+
+
+def _assoc_identity(assoc: Any) -> tuple[str, str, str]:
+    """Calling AE title, peer IP address and called AE title of an association we accept."""
+    requestor = assoc.requestor
+    calling = str(requestor.ae_title or "").strip()
+    primitive = requestor.primitive
+    if not calling and primitive is not None:
+        calling = str(primitive.calling_ae_title or "").strip()
+    called = str(primitive.called_ae_title).strip() if primitive is not None else ""
+    return calling, str(requestor.address or ""), called
+
+
+def _peer_certificate(assoc: Any) -> str | None:
+    """The TLS client certificate's subject CN, when the association runs over TLS."""
+    try:
+        sock = assoc.dul.socket.socket
+        if isinstance(sock, ssl.SSLSocket):
+            cert = sock.getpeercert() or {}
+            for rdn in cert.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        return f"CN={value}"
+    except Exception:  # an auditing detail must never disturb the association
+        return None
+    return None
+
+
+def _assoc_peer(assoc: Any, *, role: str | None, requestor: bool) -> Participant:
+    calling, address, _called = _assoc_identity(assoc)
+    peer = peer_participant(calling, address, role=role, requestor=requestor)
+    subject = _peer_certificate(assoc)
+    if subject:
+        peer.user_name = subject
+    return peer
+
+
+def _node_object(ae_title: str, address: str, reason: str) -> ParticipantObject:
+    return ParticipantObject(
+        object_id=f"{ae_title or '?'}@{address or '?'}",
+        id_type=NODE_ID_TYPE,
+        name=ae_title or address or "unknown",
+        details={"Alert Description": reason} if reason else {},
+    )
+
+
+def association_accepted(assoc: Any) -> None:
+    """Security Alert / Node Authentication, success: a peer's association was accepted."""
+    calling, address, called = _assoc_identity(assoc)
+    emit(
+        "security-alert",
+        event_type="node-authentication",
+        outcome=0,
+        description=f"association accepted: calling AE {calling!r}, called AE {called!r}",
+        participants=[_assoc_peer(assoc, role="source", requestor=True)],
+        local_role="destination",
+        objects=[_node_object(calling, address, "association accepted")],
+    )
+
+
+def association_rejected(assoc: Any, why: str) -> None:
+    """Security Alert / Node Authentication, minor failure: an association was rejected."""
+    calling, address, called = _assoc_identity(assoc)
+    emit(
+        "security-alert",
+        event_type="node-authentication",
+        outcome=4,
+        description=f"association rejected: calling AE {calling!r}, called AE {called!r}: {why}",
+        participants=[_assoc_peer(assoc, role="source", requestor=True)],
+        local_role="destination",
+        objects=[_node_object(calling, address, f"association rejected: {why}")],
+    )
+
+
+class ReceivedTally:
+    """Instances one association stored, per study, for its DICOM Instances Transferred."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.studies: dict[str, Study] = {}
+        self.failed = 0
+
+    def add(self, ds: Any, sop_class_uid: str) -> None:
+        def text(keyword: str) -> str | None:
+            value = getattr(ds, keyword, None) if ds is not None else None
+            return None if value is None else str(value)
+
+        uid = text("StudyInstanceUID") or "(unknown study)"
+        with self._lock:
+            study = self.studies.get(uid)
+            if study is None:
+                study = self.studies[uid] = Study(
+                    uid,
+                    patient_id=text("PatientID") or "",
+                    patient_name=text("PatientName"),
+                    accession=text("AccessionNumber"),
+                    description=text("StudyDescription"),
+                )
+            study.sop_classes[sop_class_uid] = study.sop_classes.get(sop_class_uid, 0) + 1
+
+    def fail(self) -> None:
+        with self._lock:
+            self.failed += 1
+
+
+def instances_received(
+    calling_ae: str, address: str, called_ae: str, tally: ReceivedTally, how: str
+) -> None:
+    """One DICOM Instances Transferred (Create) per study an association stored into."""
+    if not tally.studies and not tally.failed:
+        return
+    peer = peer_participant(calling_ae, address, role="source", requestor=True)
+    failed = f", {tally.failed} C-STORE failed" if tally.failed else ""
+    if not tally.studies:
+        emit(
+            "instances-transferred",
+            action="C",
+            outcome=8,
+            description=f"association from {calling_ae!r} {how}: nothing stored{failed}",
+            participants=[peer],
+            local_role="destination",
+        )
+        return
+    for study in list(tally.studies.values()):
+        count = sum(study.sop_classes.values())
+        emit(
+            "instances-transferred",
+            action="C",
+            outcome=4 if tally.failed else 0,
+            description=f"{count} instances received from {calling_ae!r} (called AE "
+            f"{called_ae!r}), association {how}{failed}",
+            participants=[peer],
+            local_role="destination",
+            studies=[study],
+        )
+
+
+def _status_outcome(status: Any) -> tuple[int, str]:
+    code = getattr(status, "Status", status)
+    try:
+        value = int(code)
+    except (TypeError, ValueError):
+        return 8, "no final status"
+    comment = str(getattr(status, "ErrorComment", "") or "")
+    text = f"status 0x{value:04X}" + (f": {comment}" if comment else "")
+    if value == 0 or value == 0xFE00:
+        return 0, text
+    if value in (0xB000, 0xB007, 0xB006, 0x0107, 0x0116) or 0xB000 <= value <= 0xBFFF:
+        return 4, text
+    return 8, text
+
+
+def query(
+    assoc: Any, sop_class_uid: str, identifier: Any, transfer_syntax: str, status: Any
+) -> None:
+    """Query (110112): a C-FIND we answered, with its identifier (bytes or the received
+    stream) and transfer syntax."""
+    if hasattr(identifier, "getvalue"):
+        identifier = identifier.getvalue()
+    outcome, text = _status_outcome(status)
+    emit(
+        "query",
+        outcome=outcome,
+        description=f"C-FIND {text}",
+        participants=[_assoc_peer(assoc, role="source", requestor=True)],
+        local_role="destination",
+        objects=[
+            ParticipantObject(
+                object_id=sop_class_uid,
+                id_type=SOP_CLASS_UID_TYPE,
+                role=ROLE_REPORT,
+                query=bytes(identifier or b""),
+                details={"TransferSyntax": transfer_syntax},
+            )
+        ],
+    )
+
+
+def studies_from_uids(
+    archive: Any, sop_instance_uids: Iterable[str], study_uids: Iterable[str] = ()
+) -> list[Study]:
+    """Study objects (patient, accession, SOP classes and counts) from the archive index."""
+    studies: dict[str, Study] = {}
+
+    def study_for(uid: str) -> Study:
+        study = studies.get(uid)
+        if study is None:
+            row = None
+            try:
+                row = archive.study(uid) if archive is not None else None
+            except Exception:
+                row = None
+            row = row or {}
+            study = studies[uid] = Study(
+                uid,
+                patient_id=row.get("patient_id") if row else None,
+                patient_name=row.get("patient_name"),
+                accession=row.get("accession_number") or None,
+                description=row.get("study_description") or None,
+            )
+        return study
+
+    for uid in study_uids:
+        study_for(uid)
+    for uid in sop_instance_uids:
+        try:
+            record = archive.instance(uid) if archive is not None else None
+        except Exception:
+            record = None
+        if record is None:
+            continue
+        study = study_for(record.study_uid)
+        study.sop_classes[record.sop_class_uid] = study.sop_classes.get(record.sop_class_uid, 0) + 1
+    return list(studies.values())
+
+
+def retrieve(
+    assoc: Any, kind: str, server: Any, instances: Sequence[Any], tally: Any, node: Any = None
+) -> None:
+    """DICOM Instances Transferred (Read) for a C-MOVE (to ``node``) or C-GET we served, one
+    message per study."""
+    archive = getattr(server, "archive", None)
+    requestor = _assoc_peer(assoc, role=None, requestor=True)
+    if node is None:  # C-GET: the requestor receives on its own association
+        requestor.role = "destination"
+        participants = [requestor]
+    else:
+        participants = [
+            requestor,
+            peer_participant(node.ae_title, node.host, role="destination", requestor=False),
+        ]
+    completed, failed = int(tally.completed), int(tally.failed)
+    outcome, text = _status_outcome(tally.final)
+    if failed and outcome == 0:
+        outcome = 4
+    studies: dict[str, Study] = {}
+    for record in instances:
+        study = studies.get(record.study_uid)
+        if study is None:
+            study = studies[record.study_uid] = studies_from_uids(archive, [], [record.study_uid])[
+                0
+            ]
+        study.sop_classes[record.sop_class_uid] = study.sop_classes.get(record.sop_class_uid, 0) + 1
+    for study in studies.values():
+        emit(
+            "instances-transferred",
+            action="R",
+            outcome=outcome,
+            description=f"{kind}: {completed} sent, {failed} failed, {text}",
+            participants=participants,
+            local_role="source",
+            studies=[study],
+        )
+
+
+# --- hooks: jobs -------------------------------------------------------------------------------
+
+# Media type of a burn profile or target.
+_BURN_MEDIA = {"cd": "cd", "dvd": "dvd"}
+
+
+def job_attempt(job: Any, archive: Any, config: Any, failure: Any = None) -> None:
+    """The end of a job attempt that moved data: send/forward, retrieve, print, burn, import."""
+    kind = job.kind
+    if kind not in ("send", "forward", "retrieve", "print", "burn", "import", "anonymize"):
+        return
+    done = [i for i in job.instances if i.status in ("success", "warning") and i.sop_instance_uid]
+    failed = [i for i in job.instances if i.status == "failed"]
+    params = job.params or {}
+    study_uids = [u for u in params.get("study_uids") or [] if isinstance(u, str)]
+    studies = studies_from_uids(archive, [i.sop_instance_uid for i in done], study_uids)
+    if failure is not None and not done:
+        outcome = 8
+    elif failure is not None or failed:
+        outcome = 4
+    else:
+        outcome = 0
+    reason = f": {getattr(failure, 'message', failure)}" if failure is not None else ""
+    description = (
+        f"{kind} job {job.id} attempt {job.attempts} to {job.target}: {len(done)} done, "
+        f"{len(failed)} failed{reason}"
+    )
+    participants = list(_requestors())
+    if kind in ("send", "forward", "retrieve"):
+        host = None
+        ae = job.target
+        try:
+            node = config.node(job.target)
+            host, ae = node.host, node.ae_title
+        except Exception:
+            pass
+        incoming = kind == "retrieve"
+        participants.append(
+            peer_participant(
+                ae, host, role="source" if incoming else "destination", requestor=False
+            )
+        )
+        emit(
+            "instances-transferred",
+            action="C" if incoming else "R",
+            outcome=outcome,
+            description=description,
+            participants=participants,
+            local_role="destination" if incoming else "source",
+            local_requestor=True,
+            studies=studies,
+        )
+        return
+    if kind == "anonymize":
+        emit(
+            "instances-accessed",
+            action="C",
+            outcome=outcome,
+            description=f"de-identification: {description}",
+            participants=participants,
+            local_requestor=True,
+            studies=studies,
+        )
+        return
+    if kind == "print":
+        media = Participant(
+            user_id=job.target, role="destination-media", media_type="film", requestor=False
+        )
+    elif kind == "burn":
+        profile = str(params.get("profile") or params.get("media") or "").lower()
+        media_type = "dvd" if "dvd" in profile else "cd"
+        media = Participant(
+            user_id=str(params.get("device") or job.target),
+            alt_user_id=str(params.get("label") or "") or None,
+            role="destination-media",
+            media_type=_BURN_MEDIA.get(media_type, "cd"),
+            requestor=False,
+        )
+    else:  # import
+        source = str(params.get("source") or params.get("path") or job.target)
+        media = Participant(
+            user_id=source,
+            role="source-media",
+            media_type="uri" if source.startswith("/") else "cd",
+            requestor=False,
+        )
+    participants.append(media)
+    emit(
+        "export" if kind != "import" else "import",
+        outcome=outcome,
+        description=description,
+        participants=participants,
+        local_requestor=not _requestors(),
+        studies=studies,
+    )
+
+
+# --- hooks: configuration and service mode -----------------------------------------------------
+
+
+def config_changed(what: str, *, event_type: str = "software-configuration") -> None:
+    """Security Alert for a configuration change (setting, node, printer, password...)."""
+    requestors = _requestors() or [os_user()]
+    emit(
+        "security-alert",
+        event_type=event_type,
+        description=what,
+        participants=requestors,
+        objects=[
+            ParticipantObject(
+                object_id=what.split(" ", 1)[0] or "configuration",
+                id_type=URI_TYPE,
+                role=ROLE_SECURITY_RESOURCE,
+                name="configuration",
+                details={"Alert Description": what},
+            )
+        ],
+    )
+
+
+def service_login(uid: int, pid: int, *, success: bool, reason: str = "") -> None:
+    """User Authentication / Login for a field-service unlock (failed: outcome 4)."""
+    emit(
+        "user-authentication",
+        event_type="login",
+        outcome=0 if success else 4,
+        description=("service mode unlocked" if success else f"service unlock failed: {reason}"),
+        participants=[control_caller(uid, pid, "service")],
+    )
+
+
+def service_logout(uid: int, pid: int, reason: str) -> None:
+    """User Authentication / Logout: service mode locked again (asked for or idle)."""
+    emit(
+        "user-authentication",
+        event_type="logout",
+        description=reason,
+        participants=[control_caller(uid, pid, "service")],
+    )
+
+
+def application(start: bool) -> None:
+    """Application Activity: the daemon started or stopped (by this process's user)."""
+    user = os_user()
+    user.role = "application-launcher"
+    emit(
+        "application-activity",
+        event_type="application-start" if start else "application-stop",
+        participants=[user],
+        local_role="application",
+    )
