@@ -1231,7 +1231,15 @@ _BURN_MEDIA = {"cd": "cd", "dvd": "dvd"}
 
 
 def job_attempt(job: Any, archive: Any, config: Any, failure: Any = None) -> None:
-    """The end of a job attempt that moved data: send/forward, retrieve, print, burn, import."""
+    """The end of a job attempt that moved data: send/forward, retrieve, print, burn, import.
+    Never raises."""
+    try:
+        _job_attempt(job, archive, config, failure)
+    except Exception:
+        LOG.exception("audit of job %s failed", getattr(job, "id", "?"))
+
+
+def _job_attempt(job: Any, archive: Any, config: Any, failure: Any) -> None:
     kind = job.kind
     if kind not in ("send", "forward", "retrieve", "print", "burn", "import", "anonymize"):
         return

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance import __version__
+from appliance import __version__, audit
 from appliance.errors import ConfigError
 from appliance.events import TOPICS, EventBus, Subscription
 from appliance.jobs import JobError
@@ -402,6 +402,7 @@ class _Connection:
                 self.uid,
                 self.pid,
             )
+            audit.service_logout(self.uid, self.pid, "service mode locked after idle time")
         if self.session.refresh(self.server.service_idle_seconds()):
             return None
         hint = "; unlock service mode with auth.unlock and the service password"
@@ -513,7 +514,9 @@ class ControlServer:
 
     def call(self, entry: _Op, op: str, args: dict[str, Any], caller: Caller) -> Any:
         try:
-            return entry.handler(args, caller)
+            # Audit messages written by the op name the client as the requesting user.
+            with audit.acting_as(audit.control_caller(caller.uid, caller.pid, caller.role)):
+                return entry.handler(args, caller)
         except ApiError:
             raise
         except (JobError, ConfigError) as exc:  # a request the job model or config refuses
@@ -545,6 +548,7 @@ class ControlServer:
                 caller.uid,
                 caller.pid,
             )
+            audit.service_logout(caller.uid, caller.pid, "service mode locked after idle time")
         unlocked = session is not None and session.unlocked
         privileged = service_role_refusal(caller.uid, self.daemon_uid) is None
         minutes = self.service_idle_minutes()
@@ -571,6 +575,7 @@ class ControlServer:
                 caller.uid,
                 caller.pid,
             )
+            audit.service_login(caller.uid, caller.pid, success=False, reason="no password set")
             raise ApiError(
                 "forbidden",
                 "no service password is set: set one on the appliance with "
@@ -586,8 +591,10 @@ class ControlServer:
             AUDIT.warning(
                 "service unlock failed: wrong password (uid %d, pid %d)", caller.uid, caller.pid
             )
+            audit.service_login(caller.uid, caller.pid, success=False, reason="wrong password")
             raise ApiError("forbidden", "wrong service password; service mode stays locked")
         caller.session.unlock(self.service_idle_seconds())
+        audit.service_login(caller.uid, caller.pid, success=True)
         AUDIT.info(
             "service mode unlocked for %g minutes idle (uid %d, pid %d)",
             self.service_idle_minutes(),
@@ -599,6 +606,7 @@ class ControlServer:
     def _auth_lock(self, _args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         if caller.session is not None and caller.session.lock():
             AUDIT.info("service mode locked (uid %d, pid %d)", caller.uid, caller.pid)
+            audit.service_logout(caller.uid, caller.pid, "service mode locked")
         return self.auth_state(caller)
 
     def _auth_status(self, _args: dict[str, Any], caller: Caller) -> dict[str, Any]:

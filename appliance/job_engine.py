@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance import audit
 from appliance.config import ConfigError, ConfigStore, Node, Settings
 from appliance.events import EventBus
 from appliance.jobs import (
@@ -578,6 +579,8 @@ class JobEngine:
         except Exception as exc:
             LOG.exception("job %d: runner failed", job_id)
             failure = AttemptFailed(f"internal error: {exc!r}", retryable=False)
+        # Data that left or entered the appliance (send, print, burn, import...) is audited.
+        audit.job_attempt(ctx.job, ctx.archive, ctx.config, failure)
         try:
             self._finish(ctx, failure)
         except Exception:
