@@ -214,7 +214,10 @@ class _Encoder:
         for item in items:
             self.write(_ITEM)
             for child in item.keys():
-                self.element(item, int(child))
+                # Unsignable tags are left out inside items too (a signature of the item
+                # itself, group lengths), as dcmsign does.
+                if _is_signable_tag(int(child)):
+                    self.element(item, int(child))
         self.write(_SEQUENCE_DELIMITER_BYTES)
 
     def _encapsulated(self, tag: int, vr: str, value: bytes) -> None:
@@ -251,6 +254,8 @@ def _element_vr(ds: Dataset, tag: int, raw: DataElement | RawDataElement) -> str
     if vr and " or " not in vr:
         return str(vr)
     if isinstance(raw, RawDataElement) and not vr:
+        if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
+            return "LO"  # Private Creator Data Element
         try:
             vr = dictionary_VR(tag)
         except KeyError:
