@@ -1383,3 +1383,27 @@ def application(start: bool) -> None:
         participants=[user],
         local_role="application",
     )
+
+
+# Settings whose change is a security (or network) configuration change rather than software.
+_SECURITY_SETTINGS = (
+    "tls_",
+    "audit_",
+    "accept_unknown_calling_ae",
+    "check_called_ae",
+    "control_group",
+    "service_idle_minutes",
+    "signature_",
+)
+_NETWORK_SETTINGS = ("ae_title", "port", "bind_address", "print_port", "print_ae_title")
+
+
+def setting_changed(key: str, value: object) -> None:
+    """Security Alert for ``config set``: security, network or software configuration."""
+    if key.startswith(_SECURITY_SETTINGS):
+        kind = "security-configuration"
+    elif key in _NETWORK_SETTINGS:
+        kind = "network-configuration"
+    else:
+        kind = "software-configuration"
+    config_changed(f"setting {key} = {value!r}", event_type=kind)

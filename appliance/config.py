@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
+from appliance import audit
 from appliance.dicom_classes import SUPPORTED_TRANSFER_SYNTAXES
 from appliance.errors import ConfigError
 from appliance.fileio import atomic_write_bytes
@@ -864,6 +865,7 @@ class ConfigStore:
             Settings.from_mapping(stored)
             self._settings_table.truncate()
             self._settings_table.insert(stored)
+        audit.setting_changed(key, normalised)
         return normalised
 
     # nodes
@@ -891,6 +893,11 @@ class ConfigStore:
                 raise ConfigError("node.name", f"a node named {node.name!r} already exists")
             self._nodes_table.remove(Query().name == node.name)
             self._nodes_table.insert(asdict(node))
+        audit.config_changed(
+            f"node {node.name} {'replaced' if existing else 'added'}: "
+            f"{node.ae_title}@{node.host}:{node.port}",
+            event_type="network-configuration",
+        )
 
     def remove_node(self, name: str) -> None:
         with self._writer():
@@ -907,6 +914,7 @@ class ConfigStore:
                 )
             if not self._nodes_table.remove(Query().name == name):
                 raise ConfigError("node", f"no node named {name!r}")
+        audit.config_changed(f"node {name} removed", event_type="network-configuration")
 
     # retry policies: "kind:<job kind>" and "node:<node name>" scopes over the default settings
 
@@ -1131,12 +1139,14 @@ class ConfigStore:
         with self._writer():
             self._service_table.truncate()
             self._service_table.insert({"password_hash": stored, "set_at": time.time()})
+        audit.config_changed("service password set", event_type="security-configuration")
 
     def clear_service_password(self) -> bool:
         """Remove the password (service mode can then not be unlocked); whether one was set."""
         with self._writer():
             had = bool(self._service_table.all())
             self._service_table.truncate()
+        audit.config_changed("service password cleared", event_type="security-configuration")
         return had
 
     def check_service_password(self, password: str) -> bool:
