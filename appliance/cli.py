@@ -20,6 +20,7 @@ from appliance import (
     qr_cli,
     retry_cli,
     routing_cli,
+    sign_cli,
     tls_cli,
     workflow_cli,
 )
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     print_cli.add_parsers(commands, common)
     print_scp_cli.add_parsers(commands, common)
     media_cli.add_parsers(commands, common)
+    sign_cli.add_parsers(commands, common)
     tls_cli.add_parsers(commands, common)
     return parser
 
@@ -278,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(data_dir, port=args.port, ae_title=args.ae_title)
     if args.command in jobs_cli.COMMANDS:
         return jobs_cli.run(args, data_dir)
+    if args.command in sign_cli.COMMANDS:
+        return sign_cli.run(args, data_dir)
 
     try:
         store = ConfigStore(data_dir)
