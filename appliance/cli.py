@@ -12,6 +12,8 @@ from pathlib import Path
 
 from appliance import (
     __version__,
+    audit,
+    audit_cli,
     commitment_cli,
     jobs_cli,
     media_cli,
@@ -21,10 +23,19 @@ from appliance import (
     retry_cli,
     routing_cli,
     sign_cli,
+    tls,
     tls_cli,
     workflow_cli,
 )
-from appliance.config import NODE_SERVICES, ConfigError, ConfigStore, Node, Settings
+from appliance.config import (
+    NODE_SERVICES,
+    TLS_PEER_AUTH,
+    TLS_PROFILES,
+    ConfigError,
+    ConfigStore,
+    Node,
+    Settings,
+)
 from appliance.paths import default_data_dir
 
 EXIT_OK = 0
@@ -98,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="move",
         help="how `retrieve` fetches from it: C-MOVE to us (default) or C-GET",
     )
+    add.add_argument("--tls", action="store_true", help="use TLS for our associations to this node")
+    add.add_argument(
+        "--tls-peer-auth",
+        choices=TLS_PEER_AUTH,
+        help="check the node's certificate: require, verify or ignore (default: tls_peer_auth)",
+    )
+    add.add_argument(
+        "--tls-profile",
+        choices=TLS_PROFILES,
+        help="TLS profile for this node: bcp195 or legacy (default: the tls_profile setting)",
+    )
     add.add_argument("--replace", action="store_true", help="replace a node of the same name")
     remove = node_cmds.add_parser("remove", parents=[common], help="remove a node")
     remove.add_argument("name")
@@ -125,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     media_cli.add_parsers(commands, common)
     sign_cli.add_parsers(commands, common)
     tls_cli.add_parsers(commands, common)
+    audit_cli.add_parsers(commands, common)
     return parser
 
 
@@ -195,9 +218,15 @@ def cmd_node(args: argparse.Namespace, store: ConfigStore) -> int:
             services=args.services.split(","),
             move_destination=not args.no_move_destination,
             retrieve_method=args.retrieve_method,
+            tls=args.tls,
+            tls_peer_auth=args.tls_peer_auth,
+            tls_profile=args.tls_profile,
         )
+        if (args.tls_peer_auth or args.tls_profile) and not args.tls:
+            raise ConfigError("node.tls", "--tls-peer-auth and --tls-profile need --tls")
         store.add_node(node, replace=args.replace)
-        print(f"added {node.name}: {node.ae_title}@{node.host}:{node.port}")
+        over = " over TLS" if node.tls else ""
+        print(f"added {node.name}: {node.ae_title}@{node.host}:{node.port}{over}")
         return EXIT_OK
     if args.node_command == "remove":
         store.remove_node(args.name)
@@ -213,6 +242,7 @@ def cmd_node(args: argparse.Namespace, store: ConfigStore) -> int:
             print(
                 f"{n.name:<16} {n.ae_title:<16} {n.host:<24} {n.port:>5}  "
                 f"{'yes' if n.move_destination else 'no':<9}  {','.join(n.services)}"
+                + ("  TLS" if n.tls else "")
             )
         return EXIT_OK
     # echo
@@ -273,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     data_dir: Path = getattr(args, "data_dir", None) or default_data_dir()
+    # SCU associations to TLS nodes use this data folder's key store.
+    tls.use_data_dir(data_dir)
 
     if args.command == "serve":
         from appliance.daemon import serve
@@ -285,7 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         store = ConfigStore(data_dir)
+        # What a command changes directly is audited in this data folder's trail.
+        audit_cli.configure_sink(data_dir, store)
         try:
+            if args.command in audit_cli.COMMANDS:
+                return audit_cli.run(args, data_dir)
             if args.command == "config":
                 return cmd_config(args, store)
             if args.command == "node":
@@ -316,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return tls_cli.run(args, store)
         finally:
             store.close()
+            audit.shutdown()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

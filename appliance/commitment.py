@@ -45,11 +45,17 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 from tinydb import Query, TinyDB
 
+from appliance import tls
 from appliance.archive import Archive, content_hash
 from appliance.config import AtomicJSONStorage, Node, Settings
 from appliance.dicom_classes import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from appliance.network import error_status
-from appliance.scu import _disable_nagle, describe_failed_association, requestor_ae
+from appliance.scu import (
+    _disable_nagle,
+    describe_failed_association,
+    note_tls_failure,
+    requestor_ae,
+)
 
 if TYPE_CHECKING:
     from appliance.network import DicomServer, EventHandlers
@@ -552,6 +558,7 @@ def _associate(
 
     ae: AE = requestor_ae(settings)
     contexts: list[PresentationContext] = [build_context(SOP_CLASS, PROPOSED_TRANSFER_SYNTAXES)]
+    tls_args = tls.tls_args(settings, node)
     assoc = ae.associate(
         node.host,
         node.port,
@@ -560,7 +567,9 @@ def _associate(
         max_pdu=settings.max_pdu,
         ext_neg=ext_neg,
         evt_handlers=[(evt.EVT_CONN_OPEN, on_open), *(handlers or [])],
+        tls_args=tls_args,  # type: ignore[arg-type]
     )
+    note_tls_failure(assoc, tls_args)
     if assoc.is_established:
         _ResponseKeeper.on(assoc)
     return assoc, connected.is_set()

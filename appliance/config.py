@@ -37,6 +37,8 @@ CONFIG_FILE = "config.json"
 NODE_SERVICES = ("echo", "store", "find", "move", "get", "commitment")
 DUPLICATE_POLICIES = ("overwrite", "keep-first")
 RETRIEVE_METHODS = ("move", "get")
+TLS_PROFILES = ("bcp195", "legacy")
+TLS_PEER_AUTH = ("require", "verify", "ignore")
 
 
 class AtomicJSONStorage(Storage):
@@ -351,6 +353,24 @@ class Settings:
         _float_range(0, 10),
         "seconds an optical drive must be quiet before its new state is believed",
     )
+    tls_port: int = _setting(
+        2762,
+        _int_range(1, 65535, also=(0,)),
+        "port of the TLS listener (same services as the plain one), 0 = no TLS listener",
+    )
+    tls_profile: str = _setting(
+        "bcp195",
+        _choice(TLS_PROFILES),
+        "TLS profile: bcp195 (TLS 1.2/1.3, AEAD suites) or legacy (adds RSA and CBC suites)",
+    )
+    tls_peer_auth: str = _setting(
+        "require",
+        _choice(TLS_PEER_AUTH),
+        "TLS peer certificates: require (and verify), verify (if sent), ignore",
+    )
+    tls_expiry_warning_days: int = _setting(
+        30, _int_range(0, 3650), "warn when our TLS certificate expires within this many days"
+    )
     audit_syslog_host: str = _setting(
         "", _host_or_empty, "syslog collector that audit messages go to (empty: local log only)"
     )
@@ -406,6 +426,10 @@ class Node:
     # How `dicom-appliance retrieve` fetches from this node: C-MOVE to our own AE title (the
     # node must know us as a move destination) or C-GET (it answers on our own association).
     retrieve_method: str = "move"
+    # TLS for our associations to this node; peer auth and profile default to the settings'.
+    tls: bool = False
+    tls_peer_auth: str | None = None
+    tls_profile: str | None = None
 
     def __post_init__(self) -> None:
         # "node.<field>" so a node's bad port never reads like the listening port setting.
@@ -418,6 +442,11 @@ class Node:
         self.retrieve_method = _choice(RETRIEVE_METHODS)(
             "node.retrieve_method", self.retrieve_method
         )
+        self.tls = _bool("node.tls", self.tls)
+        if self.tls_peer_auth is not None:
+            self.tls_peer_auth = _choice(TLS_PEER_AUTH)("node.tls_peer_auth", self.tls_peer_auth)
+        if self.tls_profile is not None:
+            self.tls_profile = _choice(TLS_PROFILES)("node.tls_profile", self.tls_profile)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> Node:

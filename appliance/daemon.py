@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from appliance import audit
+from appliance import audit, tls
 from appliance.api import Operations
 from appliance.archive import Archive
 from appliance.commitment import CommitmentService
@@ -54,6 +56,29 @@ def effective_settings(
     if ae_title is not None:
         settings.ae_title = str(Settings.validate_value("ae_title", ae_title))
     return settings
+
+
+def tls_listener_context(data_dir: Path, settings: Settings) -> Callable[[], ssl.SSLContext] | None:
+    """The TLS listener's context source, or None (logged) when TLS is off or unusable."""
+    tls.use_data_dir(data_dir)
+    if not settings.tls_port:
+        LOG.info("TLS listener off (tls_port is 0)")
+        return None
+    if not tls.has_identity(data_dir):
+        LOG.info(
+            "TLS listener off: no key and certificate in %s (dicom-appliance tls generate)",
+            tls.tls_dir(data_dir),
+        )
+        return None
+    try:
+        tls.cached_server_context(data_dir, settings)
+    except (tls.TLSConfigError, ssl.SSLError, OSError) as exc:
+        LOG.error("TLS listener off: %s", exc)
+        return None
+    warning = tls.expiry_warning(data_dir, settings.tls_expiry_warning_days)
+    if warning:
+        LOG.warning("%s", warning)
+    return lambda: tls.cached_server_context(data_dir, settings)
 
 
 def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = None) -> int:
@@ -101,6 +126,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         archive,
         services=[FindService(), RetrieveService(), commitment, print_service],
         events=events,
+        tls_context=tls_listener_context(data_dir, settings),
     )
     # The print port: Verification and print only, answering as print_ae_title.
     print_server = None

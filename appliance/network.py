@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -21,7 +22,7 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
-from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, audit
+from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, audit, tls
 from appliance.acceptor import EventDrivenRequestHandler
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreOutcome, StoreRefused
 from appliance.config import NODE_SERVICES, ConfigStore, Node, Settings
@@ -191,10 +192,12 @@ class AssociationStats:
     ops: dict[str, int] = field(default_factory=dict)
     # Studies stored on this association, for its audit messages when it closes.
     received: audit.ReceivedTally = field(default_factory=audit.ReceivedTally)
+    tls: bool = False
 
     def info(self) -> dict[str, Any]:
         return {
             "id": self.assoc_id,
+            "tls": self.tls,
             "peer_address": self.host,
             "peer_port": self.port,
             "calling_ae": self.peer_ae,
@@ -215,8 +218,14 @@ class DicomServer:
         events: EventBus | None = None,
         *,
         storage: bool = True,
+        tls_context: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self.settings = settings
+        # With a context source: a TLS listener on settings.tls_port beside the plain one,
+        # same AE, services and handlers (the source is asked per connection, so a new
+        # certificate applies without a restart).
+        self.tls_context = tls_context
+        self._tls_server: tls.TLSAssociationServer | None = None
         self.services = list(services)
         # False: a listener for its services only (the print port), without Storage.
         self.storage = storage
@@ -291,6 +300,61 @@ class DicomServer:
             self.settings.ae_title,
             self.settings.bind_address,
             self.port,
+        )
+        if self.tls_context is not None and self.settings.tls_port:
+            self._start_tls(handlers)
+
+    def _start_tls(self, handlers: EventHandlers) -> None:
+        # No ssl_context here: the server does the handshake in the connection's thread.
+        server = self.ae.make_server(
+            (self.settings.bind_address, self.settings.tls_port),
+            evt_handlers=handlers,
+            server_class=tls.TLSAssociationServer,
+            request_handler=EventDrivenRequestHandler,
+        )
+        assert self.tls_context is not None
+        server.context_source = self.tls_context
+        server.handshake_timeout = float(self.settings.association_timeout)
+        server.on_failure = self._tls_failed
+        threading.Thread(target=server.serve_forever, name="TLSAcceptor", daemon=True).start()
+        self.ae._servers.append(server)
+        self._tls_server = server
+        LOG.info(
+            "listening with TLS (%s, peer certificates: %s) on %s:%d",
+            self.settings.tls_profile,
+            self.settings.tls_peer_auth,
+            self.settings.bind_address,
+            self.tls_port,
+        )
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port, 0 when there is none."""
+        if self._tls_server is None:
+            return 0
+        return int(self._tls_server.server_address[1])
+
+    def _tls_failed(self, failure: tls.HandshakeFailure) -> None:
+        # No A-ASSOCIATE yet, so no AE title: name the configured nodes at that address.
+        nodes = [n.name for n in self._last_good_nodes if n.host == failure.address]
+        known = f" (node {', '.join(nodes)})" if nodes else ""
+        LOG.warning(
+            "TLS handshake from %s:%d%s failed: %s",
+            failure.address,
+            failure.port,
+            known,
+            failure.reason,
+        )
+        self._publish(
+            "association",
+            {
+                "event": "tls-failed",
+                "peer_address": failure.address,
+                "peer_port": failure.port,
+                "nodes": nodes,
+                "reason": failure.reason,
+                "time": time.time(),
+            },
         )
 
     # --- association events --------------------------------------------------------------
@@ -415,6 +479,7 @@ class DicomServer:
             host=str(assoc.requestor.address),
             port=int(assoc.requestor.port or 0),
             called_ae=self._called(assoc),
+            tls=isinstance(getattr(assoc.dul.socket, "socket", None), ssl.SSLSocket),
         )
         with self._lock:
             self._stats[id(assoc)] = stats
@@ -727,6 +792,8 @@ class DicomServer:
         if self._server is not None:
             # Stop accepting connections; running associations keep their threads.
             self._server.shutdown()
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
         deadline = time.monotonic() + timeout
         while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)

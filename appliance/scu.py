@@ -20,7 +20,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
-from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, tls
 from appliance.config import Node, Settings
 from appliance.dicom_classes import (
     EXPLICIT_VR_LE,
@@ -90,6 +90,7 @@ def associate(
         _disable_nagle(event.assoc)
         _keep_responses_for_the_caller(event.assoc)
 
+    tls_args = tls.tls_args(settings, node)
     assoc = ae.associate(
         node.host,
         node.port,
@@ -99,8 +100,17 @@ def associate(
         max_pdu=settings.max_pdu,
         ext_neg=ext_neg,
         evt_handlers=[(evt.EVT_CONN_OPEN, on_open), *(evt_handlers or [])],
+        tls_args=tls_args,  # type: ignore[arg-type]
     )
+    note_tls_failure(assoc, tls_args)
     return assoc, connected.is_set()
+
+
+def note_tls_failure(assoc: Association, tls_args: tuple[tls.RecordingContext, str] | None) -> None:
+    """Keep a failed TLS handshake's reason on the association for describe_failed_association."""
+    failure = tls.failure_of(tls_args)
+    if failure:
+        assoc.tls_failure = failure  # type: ignore[attr-defined]
 
 
 def _disable_nagle(assoc: Association) -> None:
@@ -145,6 +155,9 @@ def echo(settings: Settings, node: Node) -> EchoResult:
 
 
 def describe_failed_association(assoc: object, *, connected: bool = True) -> str:
+    tls_failure = getattr(assoc, "tls_failure", None)
+    if tls_failure:
+        return str(tls_failure)
     if not connected:
         timeout = getattr(assoc, "connection_timeout", None)
         waited = f" within {timeout:g} s" if timeout else ""

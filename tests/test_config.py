@@ -72,6 +72,10 @@ BAD_VALUES = [
     ("audit_syslog_host", "not a host!", "not a host name"),
     ("audit_syslog_port", 0, "1..65535"),
     ("audit_syslog_tls", "maybe", "not a boolean"),
+    ("tls_port", 70000, "1..65535 or 0"),
+    ("tls_profile", "tls10", "one of bcp195, legacy"),
+    ("tls_peer_auth", "sometimes", "one of require, verify, ignore"),
+    ("tls_expiry_warning_days", -1, "0..3650"),
 ]
 
 GOOD_VALUES = [
@@ -121,6 +125,11 @@ GOOD_VALUES = [
     ("audit_syslog_host", "", ""),
     ("audit_syslog_port", "514", 514),
     ("audit_syslog_tls", "false", False),
+    ("tls_port", "0", 0),
+    ("tls_port", "2762", 2762),
+    ("tls_profile", "legacy", "legacy"),
+    ("tls_peer_auth", "verify", "verify"),
+    ("tls_expiry_warning_days", "60", 60),
 ]
 
 
@@ -273,6 +282,9 @@ def test_node_add_list_remove(tmp_path, capsys):
         "services": ["echo", "store"],
         "move_destination": True,
         "retrieve_method": "move",
+        "tls": False,
+        "tls_peer_auth": None,
+        "tls_profile": None,
     }
     assert nodes[1]["move_destination"] is False
 
@@ -287,6 +299,23 @@ def test_node_add_list_remove(tmp_path, capsys):
     assert code == 0
     code, out, _ = _cli(capsys, "node", "list", "--json", *data)
     assert [n["name"] for n in json.loads(out)] == ["pacs"]
+
+
+def test_node_add_with_tls(tmp_path, capsys):
+    data = ["--data-dir", str(tmp_path)]
+    add = ["node", "add", "pacs", "--ae-title", "PACS", "--host", "10.0.0.9", "--port", "2762"]
+    code, out, _ = _cli(capsys, *add, "--tls", "--tls-peer-auth", "verify", *data)
+    assert code == 0 and "over TLS" in out
+    code, out, _ = _cli(capsys, "node", "list", "--json", *data)
+    node = json.loads(out)[0]
+    assert (node["tls"], node["tls_peer_auth"], node["tls_profile"]) == (True, "verify", None)
+    code, out, _ = _cli(capsys, "node", "list", *data)
+    assert out.splitlines()[1].endswith("TLS")
+    # Peer auth without TLS means nothing: refused rather than silently ignored.
+    code, _, err = _cli(capsys, *add, "--tls-peer-auth", "ignore", "--replace", *data)
+    assert code != 0 and "need --tls" in err
+    with pytest.raises(SystemExit):
+        _cli(capsys, *add, "--tls", "--tls-profile", "ssl3", "--replace", *data)
 
 
 def test_node_with_a_duplicate_name_is_refused(tmp_path, capsys):
