@@ -560,7 +560,8 @@ def _append(sink: _Sink, text: str, when: datetime) -> None:
     data = text.encode("utf-8") + b"\n"
     with _LOCK:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Read-write only to look at the last byte; every write still goes to the end.
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if path.name not in sink.checked:
                 # A writer killed mid-line left no newline: start ours on a fresh line.
@@ -639,6 +640,7 @@ def parse(line: str) -> Entry:
             {
                 "user_id": p.get("UserID", ""),
                 "alt_user_id": p.get("AlternativeUserID", ""),
+                "user_name": p.get("UserName", ""),
                 "requestor": p.get("UserIsRequestor") == "true",
                 "network_access_point": p.get("NetworkAccessPointID", ""),
                 "role": _ROLE_BY_CODE.get(role.get("csd-code", ""), "") if role is not None else "",
@@ -1332,9 +1334,14 @@ def _job_attempt(job: Any, archive: Any, config: Any, failure: Any) -> None:
 # --- hooks: configuration and service mode -----------------------------------------------------
 
 
-def config_changed(what: str, *, event_type: str = "software-configuration") -> None:
-    """Security Alert for a configuration change (setting, node, printer, password...)."""
+def config_changed(
+    what: str, *, event_type: str = "software-configuration", subject: str = "configuration"
+) -> None:
+    """Security Alert for a configuration change (setting, node, password...); ``subject``
+    names the item changed (``setting/job_workers``, ``node/pacs``)."""
     requestors = _requestors() or [os_user()]
+    sink = _SINK
+    where = (sink.data_dir / "config.json").resolve().as_uri() if sink else "config.json"
     emit(
         "security-alert",
         event_type=event_type,
@@ -1342,10 +1349,10 @@ def config_changed(what: str, *, event_type: str = "software-configuration") -> 
         participants=requestors,
         objects=[
             ParticipantObject(
-                object_id=what.split(" ", 1)[0] or "configuration",
+                object_id=f"{where}#{subject}",
                 id_type=URI_TYPE,
                 role=ROLE_SECURITY_RESOURCE,
-                name="configuration",
+                name=subject,
                 details={"Alert Description": what},
             )
         ],
@@ -1406,4 +1413,4 @@ def setting_changed(key: str, value: object) -> None:
         kind = "network-configuration"
     else:
         kind = "software-configuration"
-    config_changed(f"setting {key} = {value!r}", event_type=kind)
+    config_changed(f"setting {key} = {value!r}", event_type=kind, subject=f"setting/{key}")
