@@ -380,6 +380,12 @@ class Settings:
     audit_syslog_tls: bool = _setting(
         True, _bool, "send audit messages to the collector over TLS (RFC 5425)"
     )
+    signature_verify_on_receipt: bool = _setting(
+        False,
+        _bool,
+        "verify digital signatures of received objects after storage and flag them"
+        " (never rejects; takes effect at the next start)",
+    )
 
     @classmethod
     def keys(cls) -> list[str]:

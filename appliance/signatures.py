@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +56,8 @@ from pydicom.uid import (
 )
 
 from appliance import ripemd160
+
+LOG = logging.getLogger(__name__)
 
 VALID = "valid"
 INVALID = "invalid"
@@ -875,3 +879,154 @@ def combine(states: Iterable[str]) -> str | None:
     if len(distinct) == 1:
         return distinct.pop()
     return MIXED
+
+
+# --- verification on receipt (optional policy) ---------------------------------------------
+
+_STATE_TABLE = """
+CREATE TABLE IF NOT EXISTS signature_states (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    checked_at REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS signature_states_study ON signature_states(study_uid);
+"""
+
+
+def file_state(path: Path, trust: TrustStore) -> tuple[str, str]:
+    """An archived file's signature state and a one-line detail (the first problem)."""
+    try:
+        results = verify_file(path, trust)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file cannot be judged: invalid
+        return INVALID, f"cannot read: {exc}"
+    state = overall(results)
+    detail = next((f"{r.location}: {r.reason}" for r in results if r.status == state), "")
+    if state == VALID:
+        detail = f"{len(results)} valid signature{'s' if len(results) != 1 else ''}"
+    return state, detail
+
+
+class ReceiptVerifier:
+    """Verifies received instances after they are stored and records their signature state
+    in the archive index (table ``signature_states``), never touching the C-STORE: the
+    storage listener only queues, and a thread of its own hashes and checks."""
+
+    def __init__(self, data_dir: Path, *, queue_size: int = 10_000) -> None:
+        import queue
+        import sqlite3
+        import threading
+
+        from appliance.archive import INDEX_FILE
+
+        self.data_dir = Path(data_dir)
+        self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue(queue_size)
+        self._db = sqlite3.connect(
+            self.data_dir / INDEX_FILE, timeout=30, check_same_thread=False, isolation_level=None
+        )
+        self._db.executescript(_STATE_TABLE)
+        self._thread = threading.Thread(target=self._run, name="signature-verify", daemon=True)
+        self._thread.start()
+
+    def on_stored(self, info: dict[str, Any]) -> None:
+        """Storage listener: queue the stored file (dropped when the queue is full)."""
+        import queue
+
+        if info.get("kept_existing"):
+            return
+        try:
+            self._queue.put_nowait(
+                (str(info["path"]), str(info["sop_instance_uid"]), info["study_instance_uid"] or "")
+            )
+        except queue.Full:
+            LOG.warning("signature check queue full: %s not checked", info["sop_instance_uid"])
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            path, sop_instance_uid, study_uid = job
+            try:
+                # Trust is re-read for each file: a CA trusted a minute ago counts now.
+                state, detail = file_state(Path(path), TrustStore.load(self.data_dir))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO signature_states"
+                    " (sop_instance_uid, study_uid, state, checked_at, detail)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (sop_instance_uid, study_uid, state, time.time(), detail),
+                )
+                if state in (INVALID, UNTRUSTWORTHY):
+                    LOG.warning("received %s: signature %s (%s)", sop_instance_uid, state, detail)
+            except Exception:
+                LOG.exception("checking the signatures of %s failed", sop_instance_uid)
+            finally:
+                self._queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every queued file is checked (tests)."""
+        self._queue.join()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._db.close()
+
+
+def attach_receipt_verification(
+    server: Any, data_dir: Path, settings: Any
+) -> ReceiptVerifier | None:
+    """When ``signature_verify_on_receipt`` is on, a ReceiptVerifier listening to ``server``."""
+    if not getattr(settings, "signature_verify_on_receipt", False):
+        return None
+    verifier = ReceiptVerifier(data_dir)
+    server.add_storage_listener(verifier.on_stored)
+    LOG.info("signatures of received objects are verified after storage")
+    return verifier
+
+
+def instance_states(db: Any, sop_instance_uids: Iterable[str]) -> dict[str, str]:
+    """The recorded signature state of each listed instance that has one."""
+    if not _has_state_table(db):
+        return {}
+    found: dict[str, str] = {}
+    uids = list(sop_instance_uids)
+    for start in range(0, len(uids), 500):
+        chunk = uids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for uid, state in db.execute(
+            "SELECT sop_instance_uid, state FROM signature_states"
+            f" WHERE sop_instance_uid IN ({marks})",
+            chunk,
+        ):
+            found[uid] = state
+    return found
+
+
+def study_states(db: Any, study_uids: Iterable[str]) -> dict[str, str]:
+    """Per study: the signature state common to its checked instances still in the archive,
+    or ``mixed``; studies with no checked instance are left out."""
+    if not _has_state_table(db):
+        return {}
+    uids = list(study_uids)
+    found: dict[str, str] = {}
+    for start in range(0, len(uids), 500):
+        chunk = uids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = db.execute(
+            "SELECT g.study_uid, COUNT(DISTINCT g.state), MIN(g.state) FROM signature_states g"
+            " JOIN instances i ON i.sop_instance_uid = g.sop_instance_uid"
+            f" WHERE g.study_uid IN ({marks}) GROUP BY g.study_uid",
+            chunk,
+        )
+        for study_uid, distinct, state in rows:
+            found[study_uid] = state if distinct == 1 else MIXED
+    return found
+
+
+def _has_state_table(db: Any) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='signature_states'"
+    ).fetchone()
+    return row is not None

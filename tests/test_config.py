@@ -76,6 +76,7 @@ BAD_VALUES = [
     ("tls_profile", "tls10", "one of bcp195, legacy"),
     ("tls_peer_auth", "sometimes", "one of require, verify, ignore"),
     ("tls_expiry_warning_days", -1, "0..3650"),
+    ("signature_verify_on_receipt", "maybe", "not a boolean"),
 ]
 
 GOOD_VALUES = [
@@ -130,6 +131,7 @@ GOOD_VALUES = [
     ("tls_profile", "legacy", "legacy"),
     ("tls_peer_auth", "verify", "verify"),
     ("tls_expiry_warning_days", "60", 60),
+    ("signature_verify_on_receipt", "on", True),
 ]
 
 
