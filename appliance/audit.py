@@ -1414,3 +1414,42 @@ def setting_changed(key: str, value: object) -> None:
     else:
         kind = "software-configuration"
     config_changed(f"setting {key} = {value!r}", event_type=kind, subject=f"setting/{key}")
+
+
+def list_op(data_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """The ``audit.list`` control op: {since, event, text, limit, xml} -> newest messages.
+
+    Raises ValueError for bad arguments. Reading the trail is audited (Audit Log Used)."""
+    since_arg, event, text = args.get("since"), args.get("event"), args.get("text")
+    limit, with_xml = args.get("limit", 500), args.get("xml", False)
+    for name, value in (("since", since_arg), ("event", event), ("text", text)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be text")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError("limit must be a number from 1 to 10000")
+    since = parse_since(since_arg) if since_arg else None
+    damaged: list[str] = []
+    matches: collections.deque[Entry] = collections.deque(maxlen=limit)
+    needle = (text or "").casefold()
+    for entry in read(data_dir, since=since, event=event or None, damaged=damaged):
+        if needle and needle not in entry.xml.casefold():
+            continue
+        matches.append(entry)
+    entries = []
+    for entry in matches:
+        summary = entry.summary()
+        if with_xml:
+            summary["xml"] = entry.xml
+        entries.append(summary)
+    emit(
+        "audit-log-used",
+        description=f"audit.list returned {len(entries)} messages",
+        participants=[actor() or os_user()],
+        objects=[audit_log_object(data_dir)],
+    )
+    return {
+        "entries": entries,
+        "count": len(entries),
+        "damaged": len(damaged),
+        "syslog": syslog_status(),
+    }

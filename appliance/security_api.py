@@ -35,11 +35,22 @@ class SecurityOperations:
             "tls.import_cert": self.tls_import_cert,
             "tls.trust": self.tls_trust,
             "tls.untrust": self.tls_untrust,
+            # The audit trail names patients: service only.
+            "audit.list": self.audit_list,
         }
         for op, handler in open_to_all.items():
             control.register(op, handler)
         for op, handler in service_only.items():
             control.register(op, handler, service_only=True)
+
+    # --- audit.* -------------------------------------------------------------------------
+
+    def audit_list(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Audit messages, newest ``limit`` (oldest first): {since, event, text, limit, xml}."""
+        try:
+            return audit.list_op(self.data_dir, args)
+        except ValueError as exc:
+            raise ApiError("invalid", str(exc)) from exc
 
     # --- tls.* ---------------------------------------------------------------------------
 
