@@ -157,6 +157,14 @@ def studies(index: Path, flt: StudyFilter) -> list[dict[str, Any]]:
             found.append(study)
             if len(found) >= flt.limit:
                 break
+        # Signature states recorded on receipt (signature_verify_on_receipt): valid, invalid,
+        # untrustworthy, none or mixed; studies never checked get no "signatures" key.
+        from appliance.signatures import study_states
+
+        states = study_states(db, [study["study_uid"] for study in found])
+    for study in found:
+        if study["study_uid"] in states:
+            study["signatures"] = states[study["study_uid"]]
     return found
 
 

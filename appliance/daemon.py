@@ -145,6 +145,10 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     register_burn(engine, archive, drive_watcher)
     register_import(engine, archive)
     server.add_storage_listener(router.on_stored)
+    # Optional: signatures of received objects checked after storage (never rejects).
+    from appliance.signatures import attach_receipt_verification
+
+    signature_checker = attach_receipt_verification(server, data_dir, settings)
     control = ControlServer(
         control_socket_path(data_dir),
         events,
@@ -219,6 +223,8 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     if print_server is not None:
         print_server.shutdown(settings.shutdown_timeout)
     server.shutdown(settings.shutdown_timeout)
+    if signature_checker is not None:
+        signature_checker.stop()
     control.stop()
     commitment.close()
     close_stores()
