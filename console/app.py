@@ -3,7 +3,7 @@
 The app owns the connection (a thread keeps the client connected and subscribed, and batches the
 daemon's events every 0.25 s into one ``DaemonEvents`` message for every screen), the role
 (technologist; ctrl+u unlocks service mode with the service password, ctrl+l or idle time locks
-it), the help, the command palette and the eight main screens, switched with 1..8 or f2..f9.
+it), the help, the command palette and the nine main screens, switched with 1..9 or f2..f10.
 Quitting the console never stops the daemon or its jobs.
 """
 
@@ -13,6 +13,7 @@ import argparse
 import importlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from console.widgets import ConfirmModal, HelpModal, PasswordModal
 RETRY_SECONDS = 2.0
 EVENT_BATCH_SECONDS = 0.25
 ACTIVE_STATES = frozenset({"queued", "running", "waiting-retry", "paused"})
+TLS_FAILURES_KEPT = 100
 NO_PASSWORDS = "the daemon does not support service passwords yet"
 
 
@@ -54,6 +56,7 @@ SCREENS: tuple[ScreenSpec, ...] = (
     ScreenSpec("settings", "Settings", "console.screens.settings", "SettingsScreen", ("6", "f7")),
     ScreenSpec("print", "Print", "console.screens.print", "PrintScreen", ("7", "f8")),
     ScreenSpec("media", "Media", "console.screens.media", "MediaScreen", ("8", "f9")),
+    ScreenSpec("security", "Security", "console.screens.security", "SecurityScreen", ("9", "f10")),
 )
 
 
@@ -147,6 +150,9 @@ class ConsoleApp(App[None]):
         self.idle_minutes: float = 15.0
         self.started_jobs: set[int] = set()
         self.main_screens: dict[str, ConsoleScreen] = {}
+        # Refused TLS handshakes seen since the console started: the Security screen shows
+        # them even when it was not open as they happened.
+        self.tls_failures: deque[dict[str, Any]] = deque(maxlen=TLS_FAILURES_KEPT)
         self._stop = threading.Event()
         self._stream: Any = None
         self._last_activity = time.monotonic()
@@ -267,6 +273,11 @@ class ConsoleApp(App[None]):
 
     def deliver_events(self, batch: list[dict[str, Any]]) -> None:
         """UI thread: one DaemonEvents message per screen for a batch of events."""
+        for event in batch:
+            data = event.get("data")
+            if event.get("topic") == "association" and isinstance(data, dict):
+                if data.get("event") == "tls-failed":
+                    self.tls_failures.append(event)
         for screen in self._screens():
             screen.post_message(DaemonEvents(list(batch)))
 
@@ -433,6 +444,7 @@ class ConsoleApp(App[None]):
                 "1..8, f2..f9",
                 "Dashboard, Jobs, Studies, Query/Retrieve, Nodes, Settings, Print, Media",
             ),
+            ("9, f10", "Security: certificates, TLS, audit log"),
             ("ctrl+u / ctrl+l", "unlock / lock service mode"),
             ("ctrl+p", "command palette: every screen and action"),
         ]

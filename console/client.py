@@ -230,3 +230,44 @@ class ApplianceClient:
             return control.call(op, **args)
         finally:
             control.close()
+
+    # --- security --------------------------------------------------------------------------
+
+    def tls_show(self) -> dict[str, Any]:
+        """Our key and certificate (subject, issuer, SANs, not-after, days left, warning), the
+        trusted CAs and the TLS settings, as ``dicom-appliance tls show --json`` prints them."""
+        return dict(self.call("tls.show"))
+
+    def tls_generate(self, **request: Any) -> dict[str, Any]:
+        """A new key and self-signed certificate (service): cn, sans, days, rsa, force."""
+        return dict(self.call("tls.generate", **request) or {})
+
+    def tls_csr(self, **request: Any) -> dict[str, Any]:
+        """A certificate signing request for our key (service): cn, sans, output."""
+        return dict(self.call("tls.csr", **request) or {})
+
+    def tls_import_cert(self, cert: str, chain: str | None = None) -> dict[str, Any]:
+        """Install the signed certificate (and chain) from files the daemon reads (service)."""
+        args: dict[str, Any] = {"cert": cert}
+        if chain:
+            args["chain"] = chain
+        return dict(self.call("tls.import_cert", **args) or {})
+
+    def tls_trust(self, path: str) -> dict[str, Any]:
+        """Trust the CA certificate in ``path`` (a file the daemon reads; service)."""
+        return dict(self.call("tls.trust", path=path) or {})
+
+    def tls_untrust(self, name: str) -> dict[str, Any]:
+        """Stop trusting a CA, by its file name or fingerprint (service)."""
+        return dict(self.call("tls.untrust", name=name) or {})
+
+    def audit_list(
+        self, *, since: str | None = None, event: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """Audit messages, newest first (service: the log holds patient data)."""
+        args: dict[str, Any] = {"limit": limit}
+        if since:
+            args["since"] = since
+        if event:
+            args["event"] = event
+        return list(self.call("audit.list", **args))

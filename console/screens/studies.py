@@ -4,12 +4,17 @@ Search by patient name (``*`` and ``?`` wildcards), patient ID, date range, moda
 accession number; enter in any field searches. Space marks studies; actions apply to the marked
 studies, or to the study under the cursor: send to one or more nodes (one send job per node),
 and print, burn, anonymize once their parts register them (``console.actions``).
+
+When the daemon verifies digital signatures on receipt, each study carries its signature state
+and a Signature column shows it: valid, INVALID (an object changed after it was signed),
+untrusted (a signer not chained to a trusted CA, or expired), mixed; blank when unsigned.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -18,6 +23,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from console.actions import PLANNED, study_action, study_actions
 from console.base import ConsoleScreen, DaemonEvents, describe_error
 from console.screens._forms import FORM_CSS, set_message
+from console.screens.media import styled
 from console.widgets import NodePickerModal
 
 SEARCH_FIELDS = (
@@ -30,7 +36,22 @@ SEARCH_FIELDS = (
 )
 STUDY_COLUMNS = (" ", "Patient", "ID", "Date", "Mod", "Description", "Ser/Img")
 SERIES_COLUMNS = ("#", "Mod", "Series description", "Images")
+SIGNATURE_COLUMN = "Signature"
 MARK = "✓"
+# archive.studies "signatures" as the column shows it, and the colour it takes.
+SIGNATURE_TEXT = {
+    "valid": "valid",
+    "invalid": "INVALID",
+    "untrustworthy": "untrusted",
+    "mixed": "mixed",
+    "none": "",
+}
+SIGNATURE_STYLES = {"INVALID": "bold $error", "untrusted": "$warning", "mixed": "$warning"}
+
+
+def signature_text(study: dict[str, Any]) -> str:
+    state = str(study.get("signatures") or "none")
+    return SIGNATURE_TEXT.get(state, state)
 
 
 def dicom_date(text: str) -> str:
@@ -79,6 +100,7 @@ class StudiesScreen(ConsoleScreen):
         self.marked: set[str] = set()
         self.series_of: str | None = None
         self.searches = 0  # answers shown so far
+        self.signature_column = False  # shown once the daemon reports signature states
         self._refresh_pending = False
 
     def compose(self) -> ComposeResult:
@@ -151,9 +173,14 @@ class StudiesScreen(ConsoleScreen):
         current = self.cursor_uid()
         self.studies = {study["study_uid"]: study for study in studies}
         self.marked &= set(self.studies)
+        signed = any("signatures" in study for study in studies)
+        if signed != self.signature_column:
+            self.signature_column = signed
+            table.clear(columns=True)
+            table.add_columns(*STUDY_COLUMNS, *([SIGNATURE_COLUMN] if signed else []))
         table.clear()
         for uid, study in self.studies.items():
-            table.add_row(
+            cells: list[str | Text] = [
                 MARK if uid in self.marked else " ",
                 clip(study.get("patient_name", ""), 22),
                 clip(study.get("patient_id", ""), 12),
@@ -161,8 +188,10 @@ class StudiesScreen(ConsoleScreen):
                 clip("/".join(study.get("modalities", [])), 6),
                 clip(study.get("study_description", ""), 20),
                 f"{study.get('series_count', 0)}/{study.get('instance_count', 0)}",
-                key=uid,
-            )
+            ]
+            if signed:
+                cells.append(styled(self.app, signature_text(study), SIGNATURE_STYLES))
+            table.add_row(*cells, key=uid)
         if current in self.studies:
             table.move_cursor(row=table.get_row_index(current))
         count = len(studies)
