@@ -239,23 +239,26 @@ class ApplianceClient:
         return dict(self.call("tls.show"))
 
     def tls_generate(self, **request: Any) -> dict[str, Any]:
-        """A new key and self-signed certificate (service): cn, sans, days, rsa, force."""
+        """A new key and self-signed certificate (service): cn, sans, days, rsa, passphrase,
+        force (a key exists)."""
         return dict(self.call("tls.generate", **request) or {})
 
     def tls_csr(self, **request: Any) -> dict[str, Any]:
-        """A certificate signing request for our key (service): cn, sans, output."""
+        """A certificate signing request for our key, made first when there is none (service):
+        cn, sans, rsa, passphrase -> {pem, subject, sans, key, new_key, path}."""
         return dict(self.call("tls.csr", **request) or {})
 
     def tls_import_cert(self, cert: str, chain: str | None = None) -> dict[str, Any]:
         """Install the signed certificate (and chain) from files the daemon reads (service)."""
-        args: dict[str, Any] = {"cert": cert}
+        args: dict[str, Any] = {"path": cert}
         if chain:
-            args["chain"] = chain
+            args["chain_path"] = chain
         return dict(self.call("tls.import_cert", **args) or {})
 
-    def tls_trust(self, path: str) -> dict[str, Any]:
-        """Trust the CA certificate in ``path`` (a file the daemon reads; service)."""
-        return dict(self.call("tls.trust", path=path) or {})
+    def tls_trust(self, path: str) -> list[dict[str, Any]]:
+        """Trust each CA certificate in ``path`` (a file the daemon reads; service): each with
+        its file name and status ("added" or "already trusted")."""
+        return list(self.call("tls.trust", path=path) or [])
 
     def tls_untrust(self, name: str) -> dict[str, Any]:
         """Stop trusting a CA, by its file name or fingerprint (service)."""
@@ -263,11 +266,12 @@ class ApplianceClient:
 
     def audit_list(
         self, *, since: str | None = None, event: str | None = None, limit: int = 500
-    ) -> list[dict[str, Any]]:
-        """Audit messages, newest first (service: the log holds patient data)."""
+    ) -> dict[str, Any]:
+        """The newest ``limit`` audit messages (service: the log holds patient data):
+        {"entries": oldest first, "count", "damaged": lines that did not parse, "syslog"}."""
         args: dict[str, Any] = {"limit": limit}
         if since:
             args["since"] = since
         if event:
             args["event"] = event
-        return list(self.call("audit.list", **args))
+        return dict(self.call("audit.list", **args))

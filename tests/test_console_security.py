@@ -160,16 +160,17 @@ def test_key_form_is_checked_with_the_field_it_is_about() -> None:
         {"cn": "APPLIANCE", "days": 730},
     )
     assert build_key_request(
-        KeyValues(csr=True, cn="ct.example", sans="ct.example", key_bits=3072, output="/tmp/a.csr")
-    ) == (
-        "tls.csr",
-        {"cn": "ct.example", "sans": ["DNS:ct.example"], "rsa": 3072, "output": "/tmp/a.csr"},
+        KeyValues(csr=True, cn="ct.example", sans="ct.example", key_bits=3072, days="9")
+    ) == ("tls.csr", {"cn": "ct.example", "sans": ["DNS:ct.example"], "rsa": 3072})
+    assert build_key_request(KeyValues(csr=False, cn="A", passphrase="long enough")) == (
+        "tls.generate",
+        {"cn": "A", "passphrase": "long enough"},
     )
     refusals = {
         "cn": KeyValues(csr=False, cn=" "),
         "sans": KeyValues(csr=False, cn="A", sans="IP:host.example"),
         "days": KeyValues(csr=False, cn="A", days="ten"),
-        "output": KeyValues(csr=True, cn="A", output="csr.pem"),
+        "passphrase": KeyValues(csr=True, cn="A", passphrase="short"),
     }
     for field, values in refusals.items():
         with pytest.raises(FormError) as caught:
@@ -247,7 +248,12 @@ class GivenAnswers(ApplianceClient):
 ANSWERS = {
     "tls.show": {"certificate": cert(days_left=365), "trusted": [], "warnings": []},
     "config.get": {"tls_port": 2762, "tls_profile": "bcp195", "tls_peer_auth": "require"},
-    "audit.list": [AUDIT_MESSAGE, {**AUDIT_MESSAGE, "user": "MR02", "patients": []}],
+    # Oldest first, as the daemon answers.
+    "audit.list": {
+        "entries": [{**AUDIT_MESSAGE, "user": "MR02", "patients": []}, AUDIT_MESSAGE],
+        "count": 2,
+        "damaged": 0,
+    },
 }
 
 

@@ -440,7 +440,7 @@ class KeyValues:
     sans: str = ""
     days: str = ""
     key_bits: int | None = None
-    output: str = ""
+    passphrase: str = ""
 
 
 def parse_sans(text: str) -> list[str]:
@@ -486,12 +486,11 @@ def build_key_request(values: KeyValues) -> tuple[str, dict[str, Any]]:
         request["sans"] = sans
     if values.key_bits:
         request["rsa"] = values.key_bits
+    if values.passphrase:
+        if len(values.passphrase) < 8:
+            raise FormError("passphrase", "at least 8 characters (or none)")
+        request["passphrase"] = values.passphrase
     if values.csr:
-        output = values.output.strip()
-        if output:
-            if not output.startswith("/"):
-                raise FormError("output", "an absolute path on the appliance (/tmp/appliance.csr)")
-            request["output"] = output
         return "tls.csr", request
     days = values.days.strip()
     if days:
@@ -501,7 +500,13 @@ def build_key_request(values: KeyValues) -> tuple[str, dict[str, Any]]:
     return "tls.generate", request
 
 
-_KEY_FIELDS = {"cn": "cn", "san": "sans", "sans": "sans", "days": "days", "output": "output"}
+_KEY_FIELDS = {
+    "cn": "cn",
+    "san": "sans",
+    "sans": "sans",
+    "days": "days",
+    "passphrase": "passphrase",
+}
 
 
 class KeyDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
@@ -575,24 +580,26 @@ class KeyDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
                 error_id="key-days-error",
             )
             yield from field_row(
-                "CSR file",
-                Input(placeholder="DATA/tls/csr.pem", id="key-output", compact=True,
-                      disabled=True),
-                error_id="key-output-error",
+                "Key passphrase",
+                Input(placeholder="none (8 characters or more encrypts the key)",
+                      id="key-passphrase", password=True, compact=True),
+                error_id="key-passphrase-error",
             )  # fmt: skip
-            note = (
-                "Replaces the appliance's key and certificate: peers trusting the old "
-                "certificate refuse TLS until they trust the new one."
-                if self.replaces
-                else "The key stays on the appliance (mode 0600)."
-            )
-            yield Static(note, id="key-note", classes="field-note")
+            yield Static(self.key_note(), id="key-note", classes="field-note")
             yield Static("", id="key-message", classes="form-message")
             with Horizontal(classes="buttons"):
                 yield Button("Make", id="key-go", variant="primary", compact=True)
                 yield Button("Cancel", id="key-cancel", compact=True)
             yield Label("space: CSR or certificate   ctrl+s: make   escape: cancel",
                         classes="modal-hint")  # fmt: skip
+
+    def key_note(self) -> str:
+        if self.replaces:
+            return (
+                "Replaces the appliance's key and certificate: peers trusting the old "
+                "certificate refuse TLS until they trust the new one."
+            )
+        return "The key stays on the appliance (mode 0600)."
 
     def on_mount(self) -> None:
         for field in self.query(Input):
@@ -603,7 +610,12 @@ class KeyDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
         event.stop()
         csr = event.value
         self.query_one("#key-days", Input).disabled = csr
-        self.query_one("#key-output", Input).disabled = not csr
+        self.query_one("#key-note", Static).update(
+            "The CSR is written to DATA/tls/csr.pem for the CA; the key (made first when there "
+            "is none) stays on the appliance."
+            if csr
+            else self.key_note()
+        )
         go = self.query_one("#key-go", Button)
         go.label = "Make CSR" if csr else "Make"
 
@@ -615,7 +627,7 @@ class KeyDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
             sans=self.query_one("#key-sans", Input).value,
             days=self.query_one("#key-days", Input).value,
             key_bits=int(bits) if isinstance(bits, int) and bits else None,
-            output=self.query_one("#key-output", Input).value,
+            passphrase=self.query_one("#key-passphrase", Input).value,
         )
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -773,6 +785,7 @@ class SecurityScreen(ConsoleScreen):
         self.loaded = False
         self.audit_loaded = False
         self.audit_generation = 0
+        self.audit_damaged = 0
         self.columns: dict[str, Columns] = self.fitted_columns(80)
 
     def compose(self) -> ComposeResult:
@@ -1043,7 +1056,7 @@ class SecurityScreen(ConsoleScreen):
         if not answer:
             return
         if answer.get("_op") == "tls.csr":
-            path = answer.get("path") or answer.get("output") or answer.get("csr") or "csr.pem"
+            path = answer.get("path") or "DATA/tls/csr.pem"
             set_message(
                 self.message_line,
                 f"CSR written to {path}: have the hospital's CA sign it, then import the "
@@ -1165,21 +1178,24 @@ class SecurityScreen(ConsoleScreen):
         set_message(self.message_line, "reading the audit log...")
         self.call_in_background(
             lambda: self.client.audit_list(since=since, event=event, limit=AUDIT_LIMIT),
-            lambda messages: self.show_audit(messages, generation),
+            lambda answer: self.show_audit(answer, generation),
             group="security-audit",
             on_error=lambda error: set_message(
                 self.message_line, f"audit log: {describe_error(error)}", error=True
             ),
         )
 
-    def show_audit(self, messages: list[dict[str, Any]], generation: int | None = None) -> None:
+    def show_audit(self, answer: dict[str, Any], generation: int | None = None) -> None:
         # An answer that comes back after service mode locked is dropped: it holds patient data.
         if not self.service_mode or (
             generation is not None and generation != self.audit_generation
         ):
             return
         self.audit_loaded = True
-        self.audit = [m for m in messages if isinstance(m, dict)]
+        entries = answer.get("entries") or []
+        # The daemon answers oldest first: the newest is what an operator looks for.
+        self.audit = [m for m in reversed(entries) if isinstance(m, dict)]
+        self.audit_damaged = int(answer.get("damaged") or 0)
         self.apply_text_filter()
 
     def apply_text_filter(self, *, announce: bool = True) -> None:
@@ -1201,6 +1217,8 @@ class SecurityScreen(ConsoleScreen):
         total, shown = len(self.audit), len(self.audit_shown)
         more = f" (newest {AUDIT_LIMIT})" if total >= AUDIT_LIMIT else ""
         text_note = f", {shown} with {text.strip()!r}" if text.strip() else ""
+        if self.audit_damaged:
+            text_note += f"; {self.audit_damaged} damaged lines skipped"
         if announce:
             plural = "" if total == 1 else "s"
             set_message(self.message_line, f"audit log: {total} message{plural}{more}{text_note}")
