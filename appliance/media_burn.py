@@ -569,6 +569,8 @@ def _run_disc(
 
         return progress
 
+    build_step = stepper("building")
+
     def before_write(target: str) -> None:
         path = target_path(target)
         fresh = path is not None and (not path.exists() or path.stat().st_size == 0)
@@ -587,7 +589,8 @@ def _run_disc(
             spool,
             stage=stage,
             progress=stepper("writing"),
-            building=stepper("building"),
+            # build_fileset reports a fraction, xorriso a percent.
+            building=lambda fraction: build_step(fraction * 100.0),
             should_stop=ctx.should_stop,
             before_write=before_write,
         )
