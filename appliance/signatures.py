@@ -701,7 +701,12 @@ def sign_file(
     from appliance.fileio import atomic_write_bytes
 
     buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=False)
+    try:
+        # A Part 10 file (preamble, DICM, complete File Meta) whatever the input had.
+        ds.save_as(buffer, enforce_file_format=True)
+    except (AttributeError, ValueError):
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=False)
     atomic_write_bytes(Path(destination), buffer.getvalue())
     return uid
 
