@@ -1453,3 +1453,17 @@ def list_op(data_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
         "damaged": len(damaged),
         "syslog": syslog_status(),
     }
+
+
+def tls_handshake_failed(address: str, port: int, reason: str, nodes: Sequence[str]) -> None:
+    """Security Alert / Node Authentication, minor failure: a TLS handshake was refused."""
+    known = f" (node {', '.join(nodes)})" if nodes else ""
+    emit(
+        "security-alert",
+        event_type="node-authentication",
+        outcome=4,
+        description=f"TLS handshake from {address}:{port}{known} failed: {reason}",
+        participants=[peer_participant(None, address, role="source", requestor=True)],
+        local_role="destination",
+        objects=[_node_object("", address, f"TLS handshake failed: {reason}")],
+    )

@@ -338,6 +338,7 @@ class DicomServer:
         # No A-ASSOCIATE yet, so no AE title: name the configured nodes at that address.
         nodes = [n.name for n in self._last_good_nodes if n.host == failure.address]
         known = f" (node {', '.join(nodes)})" if nodes else ""
+        audit.tls_handshake_failed(failure.address, failure.port, failure.reason, nodes)
         LOG.warning(
             "TLS handshake from %s:%d%s failed: %s",
             failure.address,
