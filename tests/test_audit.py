@@ -757,3 +757,63 @@ def test_a_dead_syslog_collector_does_not_slow_a_c_store(tmp_path: Path, daemon:
     entries = list(audit.read(daemon.data_dir))
     assert entries[-1].event_types == ["application-stop"]
     assert free_port()  # the loopback stack is fine after the silent listener
+
+
+class _FakeArchive:
+    """The two archive lookups the job hook makes."""
+
+    def study(self, uid: str) -> dict:
+        return {"patient_id": "PAT9", "patient_name": "ROE^JANE", "accession_number": "A9"}
+
+    def instance(self, uid: str):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(study_uid="1.2.9", sop_class_uid=CT)
+
+
+class _FakeConfig:
+    def node(self, name: str):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(ae_title="PACS", host="192.0.2.9")
+
+
+@pytest.mark.parametrize(
+    ("kind", "event", "action", "media_role"),
+    [
+        ("send", "instances-transferred", "R", None),
+        ("retrieve", "instances-transferred", "C", None),
+        ("print", "export", "R", "destination-media"),
+        ("burn", "export", "R", "destination-media"),
+        ("import", "import", "C", "source-media"),
+    ],
+)
+def test_job_attempts_are_audited(
+    sink: Path, kind: str, event: str, action: str, media_role: str | None
+) -> None:
+    from types import SimpleNamespace
+
+    instances = [
+        SimpleNamespace(sop_instance_uid=f"1.2.9.{n}", status=status)
+        for n, status in enumerate(["success", "success", "failed"])
+    ]
+    job = SimpleNamespace(
+        kind=kind, id=7, attempts=1, target="pacs", params={"device": "/dev/sr0"},
+        instances=instances,
+    )  # fmt: skip
+    audit.job_attempt(job, _FakeArchive(), _FakeConfig())
+    (line,) = _lines(sink)
+    validate_event(line)
+    entry = audit.parse(line)
+    assert (entry.event, entry.action, entry.outcome) == (event, action, 4)
+    assert entry.studies == ["1.2.9"] and entry.patients == [{"id": "PAT9", "name": "ROE^JANE"}]
+    assert "2 done, 1 failed" in entry.description
+    roles = {p["role"] for p in entry.participants}
+    if media_role:
+        assert media_role in roles
+    else:
+        peer = next(p for p in entry.participants if p["user_id"] == "PACS")
+        assert peer["network_access_point"] == "192.0.2.9"
+    audit.job_attempt(SimpleNamespace(kind="commitment"), None, None)  # not audited
+    audit.job_attempt(SimpleNamespace(kind="send"), None, None)  # broken: logged, no raise
+    assert len(_lines(sink)) == 1
