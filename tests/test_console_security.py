@@ -194,7 +194,8 @@ def test_audit_rows_filters_and_detail() -> None:
     }
     alert = {**AUDIT_MESSAGE, "event": "security-alert", "event_types": ["security-configuration"]}
     alert.update(outcome=8, outcome_name="serious", patients=[], studies=[])
-    assert audit_cells(alert, fmt)["event"] == "security-alert: security-configuration"
+    assert audit_cells(alert, fmt)["event"] == "security-configuration"
+    assert audit_detail(alert).startswith("security-alert · CT01 source")
     assert audit_cells(alert, fmt)["outcome"] == "serious"
     assert audit_matches(AUDIT_MESSAGE, "doe ct01")
     assert audit_matches(AUDIT_MESSAGE, "")
@@ -438,7 +439,7 @@ async def test_field_service_makes_a_key_trusts_and_untrusts_a_ca_and_reads_the_
         await pilot.press("enter")
         trusted = screen.query_one("#trusted", DataTable)
         await wait_until(pilot, lambda: trusted.row_count == 1)
-        assert "Hospital Test CA" in str(trusted.get_row_at(0))
+        assert trusted.get_row_at(0)[0] == "Hospital Test CA"
         trusted.focus()
         await pilot.press("x")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))

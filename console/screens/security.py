@@ -88,8 +88,8 @@ AUDIT_HIDDEN = (
 )
 WIDE = 110
 TRUSTED_COLUMNS: Columns = (
-    ("name", "CA", 26),
-    ("subject", "Subject", None),
+    ("cn", "CA", 24),
+    ("name", "File", None),
     ("expires", "Expires", 10),
 )
 FAILURE_COLUMNS: Columns = (
@@ -288,8 +288,8 @@ def trusted_cells(entry: dict[str, Any], now: float) -> dict[str, str]:
     expires = date_text(entry.get("not_after"))
     left = days_left(entry, now)
     return {
+        "cn": str(entry.get("cn") or entry.get("subject") or ""),
         "name": trusted_key(entry),
-        "subject": str(entry.get("subject", "")),
         "expires": "EXPIRED" if left is not None and left < 0 else expires,
     }
 
@@ -328,10 +328,11 @@ def outcome_text(message: dict[str, Any]) -> str:
 
 
 def event_text(message: dict[str, Any]) -> str:
-    """The event and its type (``security-alert: security-configuration``)."""
+    """What happened: the event type when there is one (``security-configuration``, ``login``,
+    ``application-start``), else the event (``instances-transferred``, ``query``)."""
     event = str(message.get("event") or message.get("event_code") or "")
     types = [str(t) for t in message.get("event_types") or [] if t]
-    return f"{event}: {', '.join(types)}" if types else event
+    return ", ".join(types) if types else event
 
 
 def participants_of(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -405,6 +406,9 @@ def audit_matches(message: dict[str, Any], text: str) -> bool:
 def audit_detail(message: dict[str, Any]) -> str:
     """Who took part and what about, for the line under the table."""
     parts = []
+    event = str(message.get("event") or "")
+    if event and event != event_text(message):
+        parts.append(event)
     if message.get("description"):
         parts.append(str(message["description"]))
     for participant in participants_of(message):
@@ -546,8 +550,7 @@ class KeyDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
         with Vertical(id="key"):
             yield Static("New key and certificate", id="key-title")
             yield Checkbox(
-                "A certificate signing request for the hospital's CA instead of a self-signed "
-                "certificate",
+                "A signing request (CSR) for the hospital's CA, not a self-signed certificate",
                 False,
                 id="key-csr",
                 compact=True,
@@ -809,7 +812,7 @@ class SecurityScreen(ConsoleScreen):
                 yield Static(AUDIT_HIDDEN, id="audit-note")
                 with Horizontal(classes="audit-filters"):
                     yield Input(
-                        placeholder="event (association, query, export...)",
+                        placeholder="event (query, export, login...)",
                         id="audit-event",
                         compact=True,
                     )
