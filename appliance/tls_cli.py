@@ -128,6 +128,19 @@ def _read(path: Path, what: str) -> bytes:
         raise CertificateError(f"{what} {path}: {exc.strerror or exc}") from None
 
 
+def _print_when_used(settings: Settings) -> None:
+    port = int(getattr(settings, "tls_port", 0) or 0)
+    if port:
+        # The TLS context is rebuilt when the files change; the listener itself is only
+        # started at daemon start (when a key and certificate exist).
+        print(
+            f"a running daemon uses it from the next TLS association; if its TLS listener "
+            f"(port {port}) is off, restart the daemon"
+        )
+    else:
+        print("TLS listener off (tls_port 0); nodes with TLS use it from their next association")
+
+
 def _print_cert(info: dict[str, Any]) -> None:
     sans = ", ".join(info["sans"]) or "-"
     print(f"  subject  {info['subject']}")
@@ -157,6 +170,7 @@ def cmd_generate(args: argparse.Namespace, data_dir: Path, settings: Settings) -
     print(f"new {info['key']} key{' (encrypted)' if passphrase else ''} in {folder}/key.pem")
     print(f"self-signed certificate in {folder}/cert.pem:")
     _print_cert(info)
+    _print_when_used(settings)
     return EXIT_OK
 
 
@@ -204,6 +218,7 @@ def cmd_import(args: argparse.Namespace, data_dir: Path, settings: Settings) -> 
         print(f"  chain    {item['subject']} (until {item['not_after'][:10]})")
     for warning in info["warnings"]:
         print(f"WARNING: {warning}")
+    _print_when_used(settings)
     return EXIT_OK
 
 

@@ -31,8 +31,8 @@ from appliance import audit, certificates, cli
 from appliance.certificates import CertificateError
 from appliance.control import control_socket_path
 from appliance.control_client import ApiError, ControlClient
-from tests.peers import appliance_cmd, run
-from tests.tls_helpers import Issued, make_ca, make_cert, write_pem
+from tests.peers import appliance_cmd, dcmtk, free_port, run, wait_for_port
+from tests.tls_helpers import Issued, make_ca, make_cert, peer_files, write_pem
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
@@ -750,3 +750,49 @@ def test_tls_ops_through_the_daemon(daemon_factory, tmp_path: Path) -> None:
         if p.get("UserIsRequestor") == "true"
     }
     assert all(r.startswith(f"uid={os.geteuid()} pid=") for r in requestors)
+
+
+# --- with a real DICOM peer ---------------------------------------------------------------------
+
+
+def test_a_daemon_serves_tls_with_the_managed_identity(daemon_factory, tmp_path: Path) -> None:
+    """CSR, CA-signed certificate with an intermediate, passphrase-protected key and a trusted
+    peer CA, all through `tls`: DCMTK echoscu completes mutual TLS; untrusting the peer's CA
+    refuses it from the next association on, without a restart."""
+    tls_port = free_port()
+    daemon = daemon_factory(tls_port=tls_port)
+    data_dir = daemon.data_dir
+    (tmp_path / "pass").write_text("appliance key passphrase\n")
+    request = tmp_path / "r.pem"
+    result = tls(
+        data_dir, "csr", "--cn", "APPLIANCE", "--san", "DNS:localhost", "--san", "IP:127.0.0.1",
+        "--passphrase-file", str(tmp_path / "pass"), "--output", str(request),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    root = make_ca("Hospital Root CA")
+    issuing = make_ca("Hospital Issuing CA", issuer=root)
+    (tmp_path / "issued.pem").write_bytes(pem(sign_csr(issuing, request.read_bytes())))
+    chain = write_pem(tmp_path / "chain.pem", issuing)
+    assert (
+        tls(data_dir, "import-cert", str(tmp_path / "issued.pem"), "--chain", str(chain)).returncode
+        == 0
+    )
+    modality_ca = make_ca("Modality Vendor CA")
+    assert tls(data_dir, "trust", str(write_pem(tmp_path / "mca.pem", modality_ca))).returncode == 0
+
+    # The modality trusts only the hospital root: our chain.pem must reach it.
+    peer = peer_files(tmp_path / "peer", make_cert(modality_ca, "MODALITY"), root)
+    daemon.start()
+    wait_for_port(tls_port)
+
+    def echo() -> subprocess.CompletedProcess:
+        return run(
+            [dcmtk("echoscu"), "-aet", "MODALITY", "-aec", daemon.ae_title,
+             *peer.dcmtk_args(), "127.0.0.1", str(tls_port)]
+        )  # fmt: skip
+
+    result = echo()
+    assert result.returncode == 0, result.stderr
+    assert tls(data_dir, "untrust", "Modality Vendor CA").returncode == 0
+    assert echo().returncode != 0
+    assert daemon.proc is not None and daemon.proc.poll() is None
