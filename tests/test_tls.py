@@ -394,6 +394,26 @@ def test_daemon_serves_tls_beside_plain_and_says_when_tls_is_off(
         ]
     )
     assert result.returncode == 0, result.stderr
+    # Query/Retrieve on the TLS port too: the same services as the plain listener.
+    found = run(
+        [
+            dcmtk("findscu"),
+            "-S",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            daemon.ae_title,
+            *peers["good"].dcmtk_args(),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "StudyInstanceUID",
+            LOOPBACK,
+            str(tls_port),
+        ]
+    )
+    assert found.returncode == 0, found.stderr
+    assert "Find Response: 1 (Pending)" in found.stderr, found.stderr
     assert echoscu(tls_port, *peers["stranger"].dcmtk_args()).returncode != 0
     assert echoscu(daemon.port, ae="PLAIN").returncode == 0
     daemon.stop()
