@@ -306,12 +306,16 @@ class DicomServer:
 
     def _start_tls(self, handlers: EventHandlers) -> None:
         # No ssl_context here: the server does the handshake in the connection's thread.
-        server = self.ae.make_server(
-            (self.settings.bind_address, self.settings.tls_port),
-            evt_handlers=handlers,
-            server_class=tls.TLSAssociationServer,
-            request_handler=EventDrivenRequestHandler,
-        )
+        try:
+            server = self.ae.make_server(
+                (self.settings.bind_address, self.settings.tls_port),
+                evt_handlers=handlers,
+                server_class=tls.TLSAssociationServer,
+                request_handler=EventDrivenRequestHandler,
+            )
+        except OSError as exc:
+            # The caller reports the plain port; say which listener could not start.
+            raise OSError(exc.errno, f"TLS port {self.settings.tls_port}: {exc.strerror}") from exc
         assert self.tls_context is not None
         server.context_source = self.tls_context
         server.handshake_timeout = float(self.settings.association_timeout)

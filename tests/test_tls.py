@@ -511,3 +511,15 @@ def test_write_pem_modes(tmp_path: Path, pki: Pki) -> None:
     assert write_pem(tmp_path / "k.pem", pki.client, key=True).stat().st_mode & 0o777 == 0o600
     tls_dir = install_identity(tmp_path / "data", pki.server, [pki.ca])
     assert tls_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_daemon_refuses_to_start_when_the_tls_port_is_taken(daemon_factory, pki: Pki) -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        daemon = daemon_factory("busy", tls_port=taken, bind_address=LOOPBACK)
+        install_identity(daemon.data_dir, pki.server, [pki.ca])
+        result = daemon.cli("serve", "--port", str(free_port()), timeout=60)
+    assert result.returncode == 1
+    assert f"TLS port {taken}: Address already in use" in result.stderr
