@@ -266,7 +266,9 @@ class _ContextCache:
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], tuple[tuple[Any, ...], ssl.SSLContext]] = {}
 
-    def get(self, key: tuple[Any, ...], data_dir: Path, build: Callable[[], ssl.SSLContext]):
+    def get(
+        self, key: tuple[Any, ...], data_dir: Path, build: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
         stamp = _fingerprint(data_dir)
         with self._lock:
             hit = self._cache.get(key)

@@ -251,7 +251,9 @@ def test_old_tls_versions_are_refused(listener_factory, peers) -> None:
     assert reasons and all("TLS version not allowed" in r for r in reasons), reasons
     # TLS 1.2 and 1.3 are fine.
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
-        ctx_result = python_tls_client(port, cert=peers["good"], ca=peers["good"].ca)
+        ctx_result = python_tls_client(
+            port, cert=peers["good"], ca=peers["good"].ca, maximum=version
+        )
         assert ctx_result == "ok", (version, ctx_result)
     assert echoscu(port, *peers["good"].dcmtk_args()).returncode == 0
 
@@ -523,3 +525,40 @@ def test_daemon_refuses_to_start_when_the_tls_port_is_taken(daemon_factory, pki:
         result = daemon.cli("serve", "--port", str(free_port()), timeout=60)
     assert result.returncode == 1
     assert f"TLS port {taken}: Address already in use" in result.stderr
+
+
+def test_c_move_sub_operations_go_over_tls_to_a_tls_node(
+    tmp_path: Path, daemon_factory, pki: Pki
+) -> None:
+    """The daemon's own SCU associations (here C-MOVE sub-operations) use TLS for a TLS node."""
+    server = peer_files(tmp_path / "scp", make_cert(pki.ca, "DEST"), pki.ca)
+    dest = storescp_tls(tmp_path / "dest", server)
+    try:
+        daemon = daemon_factory("data", tls_port=free_port())
+        install_identity(daemon.data_dir, pki.server, [pki.ca])
+        result = daemon.cli(
+            "node", "add", "dest", "--ae-title", "STORESCP", "--host", LOOPBACK,
+            "--port", str(dest.port), "--tls",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        daemon.start()
+        files = write_ct_series(tmp_path / "images", 2)
+        stored = run(
+            [dcmtk("storescu"), "-aec", daemon.ae_title, LOOPBACK, str(daemon.port)]
+            + [str(f) for f in files]
+        )
+        assert stored.returncode == 0, stored.stderr
+        from pydicom import dcmread
+
+        study_uid = dcmread(files[0]).StudyInstanceUID
+        moved = run(
+            [
+                dcmtk("movescu"), "-S", "-aet", "MOVER", "-aec", daemon.ae_title,
+                "-aem", "STORESCP", "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={study_uid}", LOOPBACK, str(daemon.port),
+            ]
+        )  # fmt: skip
+        assert moved.returncode == 0, moved.stderr
+        assert len(dest.files()) == 2
+    finally:
+        dest.stop()
