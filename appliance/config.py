@@ -751,6 +751,202 @@ class VirtualPrinter:
         return cls(**data)
 
 
+# --- anonymization: site profiles and pixel blanking rules ------------------------------------
+
+#: Built in (the Basic Profile with no options); a site profile cannot take these names.
+RESERVED_ANON_PROFILES = ("basic",)
+ANON_OVERRIDE_ACTIONS = ("keep", "remove", "replace")
+_TAG_TEXT = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
+_OVERRIDE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]{0,1024}$")
+
+
+def anon_options() -> tuple[str, ...]:
+    """The Annex E options a profile may name (the engine's list)."""
+    from appliance.deid_table import OPTIONS
+
+    return tuple(OPTIONS)
+
+
+def normalise_attribute(field_name: str, value: object) -> str:
+    """An attribute as a keyword from the data dictionary (``PatientName``) or a tag
+    ``(gggg,eeee)``; tags come back upper case with parentheses and comma."""
+    from pydicom.datadict import tag_for_keyword
+
+    text = value.strip() if isinstance(value, str) else ""
+    match = _TAG_TEXT.match(text)
+    if match and not (text.isalpha() and tag_for_keyword(text) is not None):
+        return f"({match.group(1).upper()},{match.group(2).upper()})"
+    if text and tag_for_keyword(text) is not None:
+        return text
+    raise ConfigError(
+        field_name, f"{value!r} is not an attribute keyword (e.g. PatientName) or tag (0010,0010)"
+    )
+
+
+def _anon_override(field_name: str, value: object) -> str:
+    text = value if isinstance(value, str) else ""
+    action, colon, replacement = text.partition(":")
+    if action == "replace" and colon and _OVERRIDE_VALUE.match(replacement):
+        return text
+    if text in ("keep", "remove"):
+        return text
+    raise ConfigError(
+        field_name,
+        f"{value!r} is not keep, remove or replace:<value> (one line, at most 1024 characters)",
+    )
+
+
+def _pseudonym_check(field_name: str, check: Callable[[], str]) -> str:
+    from appliance.pseudonyms import PseudonymError
+
+    try:
+        return check()
+    except PseudonymError as exc:
+        raise ConfigError(field_name, str(exc).partition(": ")[2] or str(exc)) from None
+
+
+@dataclass
+class AnonProfileConfig:
+    """A site's anonymization profile as stored: Annex E options, per-attribute overrides
+    (attribute -> ``keep``, ``remove`` or ``replace:<value>``), the patterns of the new
+    Patient ID and Name (``{n}`` the patient's number in the project, ``{hash8}``) and the
+    project, the namespace of the UID key and the pseudonyms. The engine builds its Profile
+    from it."""
+
+    name: str
+    options: list[str] = field(default_factory=list)
+    overrides: dict[str, str] = field(default_factory=dict)
+    patient_id_pattern: str = "ANON{n:06d}"
+    patient_name_pattern: str = "ANONYMOUS^{n:06d}"
+    project: str = "default"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        from appliance.pseudonyms import MAX_ID_LENGTH, validate_pattern, validate_project
+
+        self.name = _node_name("anon_profile.name", self.name)
+        known = anon_options()
+        options = _as_list(self.options) if self.options else []
+        for option in options:
+            if option not in known:
+                raise ConfigError(
+                    "anon_profile.options",
+                    f"{option!r} is not an option: one of {', '.join(known)}",
+                )
+        self.options = sorted(set(options), key=known.index)
+        if not isinstance(self.overrides, dict):
+            raise ConfigError("anon_profile.overrides", "must map attributes to actions")
+        overrides: dict[str, str] = {}
+        for attribute, action in self.overrides.items():
+            key = normalise_attribute("anon_profile.overrides", attribute)
+            if key in overrides:
+                raise ConfigError("anon_profile.overrides", f"names {key} twice")
+            overrides[key] = _anon_override(f"anon_profile.overrides[{key}]", action)
+        self.overrides = overrides
+        self.patient_id_pattern = _pseudonym_check(
+            "anon_profile.patient_id_pattern",
+            lambda: validate_pattern(
+                self.patient_id_pattern, "id_pattern", max_length=MAX_ID_LENGTH
+            ),
+        )
+        self.patient_name_pattern = _pseudonym_check(
+            "anon_profile.patient_name_pattern",
+            lambda: validate_pattern(
+                self.patient_name_pattern, "name_pattern", max_length=MAX_ID_LENGTH
+            ),
+        )
+        self.project = _pseudonym_check(
+            "anon_profile.project", lambda: validate_project(self.project)
+        )
+        self.description = _label_text("anon_profile.description", self.description)
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in RESERVED_ANON_PROFILES
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> AnonProfileConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"anon_profile.{sorted(unknown)[0]}", "unknown profile field")
+        if "name" not in data:
+            raise ConfigError("anon_profile.name", "is required")
+        return cls(**data)
+
+
+def _rectangle(field_name: str, value: object, columns: int, rows: int) -> list[int]:
+    items = _as_list(value) if not isinstance(value, list | tuple) else list(value)
+    try:
+        numbers = [int(v) for v in items if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 4 or len(items) != 4:
+        raise ConfigError(field_name, f"{value!r} is not x,y,width,height")
+    x, y, width, height = numbers
+    if x < 0 or y < 0 or width < 1 or height < 1 or x + width > columns or y + height > rows:
+        raise ConfigError(
+            field_name,
+            f"{x},{y},{width},{height} does not fit a {columns}x{rows} image "
+            "(x and y from the top left, width and height at least 1)",
+        )
+    return numbers
+
+
+@dataclass
+class PixelRegionRule:
+    """Rectangles of burned-in text to blank (x, y, width, height in pixels from the top left)
+    on images of one modality and size, optionally one manufacturer (and model) only; matched
+    regardless of case, the most specific rule winning."""
+
+    modality: str
+    columns: int
+    rows: int
+    regions: list[list[int]]
+    manufacturer: str = ""
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        modality = str(self.modality or "").strip().upper()
+        if not _MODALITY.match(modality):
+            raise ConfigError(
+                "pixel_region.modality", f"{self.modality!r} is not a modality (e.g. US)"
+            )
+        self.modality = modality
+        self.columns = _int_range(1, 65535)("pixel_region.columns", self.columns)
+        self.rows = _int_range(1, 65535)("pixel_region.rows", self.rows)
+        for name in ("manufacturer", "model"):
+            value = getattr(self, name) or ""
+            if not isinstance(value, str) or len(value) > 64 or "\\" in value:
+                raise ConfigError(f"pixel_region.{name}", f"{value!r} is not LO text")
+            setattr(self, name, value.strip())
+        if not isinstance(self.regions, list | tuple) or not self.regions:
+            raise ConfigError("pixel_region.regions", "needs at least one x,y,width,height")
+        self.regions = [
+            _rectangle("pixel_region.regions", r, self.columns, self.rows) for r in self.regions
+        ]
+
+    @property
+    def key(self) -> tuple[str, str, str, int, int]:
+        return (self.modality, self.manufacturer.upper(), self.model.upper(), self.columns,
+                self.rows)  # fmt: skip
+
+    def describe(self) -> str:
+        who = " ".join(v for v in (self.manufacturer, self.model) if v) or "any manufacturer"
+        return f"{self.modality} {who} {self.columns}x{self.rows}"
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> PixelRegionRule:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"pixel_region.{sorted(unknown)[0]}", "unknown field")
+        missing = {"modality", "columns", "rows", "regions"} - set(data)
+        if missing:
+            raise ConfigError(f"pixel_region.{sorted(missing)[0]}", "is required")
+        return cls(**data)
+
+
 # --- the field-service password ----------------------------------------------------------------
 
 SERVICE_PASSWORD_MIN = 8
@@ -849,6 +1045,8 @@ class ConfigStore:
         self._service_table = self._db.table("service")
         self._printers_table = self._db.table("printers")
         self._virtual_printers_table = self._db.table("virtual_printers")
+        self._anon_profiles_table = self._db.table("anon_profiles")
+        self._pixel_regions_table = self._db.table("pixel_regions")
         # Refuse to go on with a bad file rather than guess: validate everything now.
         self.settings()
         self.nodes()
@@ -856,6 +1054,8 @@ class ConfigStore:
         self.routing_rules()
         self.printers()
         self.virtual_printers()
+        self.anon_profiles()
+        self.pixel_regions()
         self._password_hash()
 
     @contextmanager
@@ -873,6 +1073,8 @@ class ConfigStore:
                 self._service_table.clear_cache()
                 self._printers_table.clear_cache()
                 self._virtual_printers_table.clear_cache()
+                self._anon_profiles_table.clear_cache()
+                self._pixel_regions_table.clear_cache()
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -1144,6 +1346,104 @@ class ConfigStore:
         with self._writer():
             if not self._virtual_printers_table.remove(Query().name == name):
                 raise ConfigError("virtual_printer", f"no virtual printer named {name!r}")
+
+    # anonymization profiles (the engine adds the built-in "basic")
+
+    def anon_profiles(self) -> list[AnonProfileConfig]:
+        """The site's profiles, validated, sorted by name (without the built-in ones)."""
+        with self._lock:
+            self._anon_profiles_table.clear_cache()
+            docs = [dict(doc) for doc in self._anon_profiles_table.all()]
+        profiles = [AnonProfileConfig.from_mapping(doc) for doc in docs]
+        for profile in profiles:
+            if profile.builtin:
+                raise ConfigError("anon_profile.name", f"{profile.name!r} is built in")
+        return sorted(profiles, key=lambda p: p.name)
+
+    def anon_profile(self, name: str) -> AnonProfileConfig:
+        if name in RESERVED_ANON_PROFILES:
+            return AnonProfileConfig(name=name)
+        for profile in self.anon_profiles():
+            if profile.name == name:
+                return profile
+        raise ConfigError("anon_profile", f"no anonymization profile named {name!r}")
+
+    def add_anon_profile(self, profile: AnonProfileConfig, *, replace: bool = False) -> None:
+        if profile.builtin:
+            raise ConfigError("anon_profile.name", f"{profile.name!r} is built in")
+        with self._writer():
+            existing = self._anon_profiles_table.search(Query().name == profile.name)
+            if existing and not replace:
+                raise ConfigError(
+                    "anon_profile.name", f"a profile named {profile.name!r} already exists"
+                )
+            self._anon_profiles_table.remove(Query().name == profile.name)
+            self._anon_profiles_table.insert(asdict(profile))
+        audit.config_changed(
+            f"anonymization profile {profile.name} {'replaced' if existing else 'added'}",
+            subject=f"anon_profile/{profile.name}",
+        )
+
+    def remove_anon_profile(self, name: str) -> None:
+        if name in RESERVED_ANON_PROFILES:
+            raise ConfigError("anon_profile", f"{name!r} is built in and cannot be removed")
+        with self._writer():
+            if not self._anon_profiles_table.remove(Query().name == name):
+                raise ConfigError("anon_profile", f"no anonymization profile named {name!r}")
+        audit.config_changed(
+            f"anonymization profile {name} removed", subject=f"anon_profile/{name}"
+        )
+
+    # burned-in text regions blanked by Clean Pixel Data (appliance.pixel_guard)
+
+    def pixel_regions(self) -> list[PixelRegionRule]:
+        with self._lock:
+            self._pixel_regions_table.clear_cache()
+            docs = [dict(doc) for doc in self._pixel_regions_table.all()]
+        rules = [PixelRegionRule.from_mapping(doc) for doc in docs]
+        seen: set[tuple[str, str, str, int, int]] = set()
+        for rule in rules:
+            if rule.key in seen:
+                raise ConfigError("pixel_region", f"two rules for {rule.describe()}")
+            seen.add(rule.key)
+        return sorted(rules, key=lambda r: r.key)
+
+    def add_pixel_region(self, rule: PixelRegionRule, *, replace: bool = False) -> None:
+        with self._writer():
+            docs = self._pixel_regions_table.all()
+            same = [
+                doc.doc_id
+                for doc in docs
+                if PixelRegionRule.from_mapping(dict(doc)).key == rule.key
+            ]
+            if same and not replace:
+                raise ConfigError("pixel_region", f"a rule for {rule.describe()} already exists")
+            self._pixel_regions_table.remove(doc_ids=same)
+            self._pixel_regions_table.insert(asdict(rule))
+        audit.config_changed(
+            f"pixel region rule {rule.describe()} {'replaced' if same else 'added'}",
+            subject="pixel_region",
+        )
+
+    def remove_pixel_region(
+        self, modality: str, columns: int, rows: int, manufacturer: str = "", model: str = ""
+    ) -> PixelRegionRule:
+        """Remove the rule with exactly this modality, size, manufacturer and model."""
+        wanted = PixelRegionRule(
+            modality, columns, rows, [[0, 0, 1, 1]], manufacturer=manufacturer, model=model
+        ).key
+        with self._writer():
+            for doc in self._pixel_regions_table.all():
+                rule = PixelRegionRule.from_mapping(dict(doc))
+                if rule.key == wanted:
+                    self._pixel_regions_table.remove(doc_ids=[doc.doc_id])
+                    break
+            else:
+                raise ConfigError(
+                    "pixel_region", "no rule for that modality, manufacturer and size"
+                )
+        audit.config_changed(f"pixel region rule {rule.describe()} removed", subject="pixel_region")
+        return rule
 
     # the field-service password: only its scrypt hash is stored, in the "service" table
 
