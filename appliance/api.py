@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance import __version__, browse
+from appliance.anon_api import AnonOperations
 from appliance.archive import INDEX_FILE, Archive
 from appliance.config import ConfigError, ConfigStore, Node, Settings
 from appliance.control import ApiError, Caller, ControlServer
@@ -31,7 +32,16 @@ if TYPE_CHECKING:
 
 # Job kinds an operator may queue through the API; the others are queued by their own screens
 # and services (burn, import, anonymize register theirs when they exist).
-SUBMITTABLE_KINDS = ("send", "retrieve", "commitment", "forward", "print", "burn", "import")
+SUBMITTABLE_KINDS = (
+    "send",
+    "retrieve",
+    "commitment",
+    "forward",
+    "print",
+    "burn",
+    "import",
+    "anonymize",
+)
 MAX_LIST = 1000
 # qr.find: levels the console drills through (Study Root), and the most matches it asks for.
 QR_FIND_LEVELS = ("study", "series")
@@ -154,6 +164,9 @@ class Operations:
             watcher=self.drive_watcher,
         ).register(control)
         SecurityOperations(data_dir=self.data_dir, config=self.config).register(control)
+        AnonOperations(
+            data_dir=self.data_dir, config=self.config, archive=self.archive, engine=self.engine
+        ).register(control)
 
     # --- status --------------------------------------------------------------------------
 
@@ -265,9 +278,10 @@ class Operations:
     # --- nodes and configuration ---------------------------------------------------------
 
     def _target(self, kind: str, name: str) -> None:
-        """A job's target: a configured printer for print jobs, a drive device for burn jobs
-        and "media" for import jobs (checked by their validators), else a configured node."""
-        if kind in ("burn", "import"):
+        """A job's target: a configured printer for print jobs, a drive device for burn jobs,
+        "media" for import jobs and "archive" for anonymize jobs (checked by their
+        validators), else a configured node."""
+        if kind in ("burn", "import", "anonymize"):
             return
         if kind != "print":
             self._node(name)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from appliance import (
     __version__,
+    anonymize_cli,
     audit,
     audit_cli,
     commitment_cli,
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign_cli.add_parsers(commands, common)
     tls_cli.add_parsers(commands, common)
     audit_cli.add_parsers(commands, common)
+    anonymize_cli.add_parsers(commands, common)
     return parser
 
 
@@ -350,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return media_cli.run(args, store)
             if args.command in tls_cli.COMMANDS:
                 return tls_cli.run(args, store)
+            if args.command in anonymize_cli.COMMANDS:
+                return anonymize_cli.run(args, store)
         finally:
             store.close()
             audit.shutdown()

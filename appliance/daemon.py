@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from appliance import audit, tls
+from appliance.anonymize_jobs import register_anonymize
 from appliance.api import Operations
 from appliance.archive import Archive
 from appliance.commitment import CommitmentService
@@ -143,6 +144,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     # Optical drives through udev; without udev (a container) it warns and lists none.
     drive_watcher = DriveWatcher(events, debounce=settings.media_debounce_seconds)
     register_burn(engine, archive, drive_watcher)
+    register_anonymize(engine, archive)
     register_import(engine, archive)
     server.add_storage_listener(router.on_stored)
     # Optional: signatures of received objects checked after storage (never rejects).
