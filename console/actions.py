@@ -8,8 +8,8 @@ that builds one registers it, choosing it says it is not available yet::
 A callback gets the screen and the chosen studies (archive.studies rows) and runs on the UI
 thread: it must hand daemon calls to ``screen.call_in_background``.
 
-Print (the film composer) and burn (the burn dialog) are built in. A registered action takes the
-place of a built-in one until it is unregistered.
+Print (the film composer), burn (the burn dialog) and anonymize (the anonymize dialog) are
+built in. A registered action takes the place of a built-in one until it is unregistered.
 """
 
 from __future__ import annotations
@@ -67,9 +67,16 @@ def _open_burn_dialog(screen: ConsoleScreen, studies: list[dict[str, Any]]) -> N
     open_burn_dialog(screen, studies)
 
 
+def _open_anonymize_dialog(screen: ConsoleScreen, studies: list[dict[str, Any]]) -> None:
+    from console.screens.anonymize_dialog import open_anonymize_dialog
+
+    open_anonymize_dialog(screen, studies)
+
+
 _BUILT_IN: dict[str, StudyAction] = {
     "print": StudyAction("print", "Print", _open_film_composer),
     "burn": StudyAction("burn", "Burn", _open_burn_dialog),
+    "anonymize": StudyAction("anonymize", "Anonymize", _open_anonymize_dialog),
 }
 
 

@@ -275,3 +275,54 @@ class ApplianceClient:
         if event:
             args["event"] = event
         return dict(self.call("audit.list", **args))
+
+    # --- anonymization ---------------------------------------------------------------------
+
+    def anonymize_profiles(self) -> list[dict[str, Any]]:
+        """The profiles a study can be anonymized with: the built-in ``basic`` (the Basic
+        Profile, no options) and the site's, each with its options, overrides and patterns."""
+        answer = self.call("anonymize.profiles")
+        if isinstance(answer, dict):  # {"profiles": [...]} is read the same way
+            answer = answer.get("profiles") or []
+        return [dict(profile) for profile in answer or []]
+
+    def anonymize_preview(
+        self, profile: str, *, study_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> dict[str, Any]:
+        """What ``profile`` does to a sample instance of the study (or to the instance), as a
+        dry run: {"instance", "rows": [{tag, keyword, original, action, result}], "held"}."""
+        args: dict[str, Any] = {"profile": profile}
+        if study_uid:
+            args["study_uid"] = study_uid
+        if sop_instance_uid:
+            args["sop_instance_uid"] = sop_instance_uid
+        return dict(self.call("anonymize.preview", **args))
+
+    def anonymize(
+        self,
+        profile: str,
+        study_uids: list[str],
+        *,
+        send: str | None = None,
+        burn: str | None = None,
+        confirm_pixels: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Queue an anonymize job (the copy goes into the archive, then to ``send``/``burn``);
+        ``confirm_pixels`` are the held instances the operator looked at and releases. The job
+        as jobs.show gives it."""
+        args: dict[str, Any] = {"profile": profile, "study_uids": list(study_uids)}
+        if send:
+            args["send"] = send
+        if burn:
+            args["burn"] = burn
+        if confirm_pixels:
+            args["confirm_pixels"] = list(confirm_pixels)
+        return dict(self.call("anonymize.submit", **args))
+
+    def render_images(self, sop_instance_uids: list[str]) -> list[str]:
+        """PNG files of the instances, one image per page, that the daemon renders (with the
+        print preview) so the operator can look at them before releasing them."""
+        answer = self.preview_print(
+            None, {"sop_instance_uids": list(sop_instance_uids), "layout": "STANDARD\\1,1"}
+        )
+        return [str(path) for path in answer.get("files") or [] if str(path).endswith(".png")]

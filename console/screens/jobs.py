@@ -41,7 +41,17 @@ STATE_FILTERS: tuple[tuple[str, list[str] | None], ...] = (
     ("succeeded", ["succeeded"]),
     ("cancelled", ["cancelled"]),
 )
-KIND_FILTERS: tuple[str, ...] = ("all", "send", "retrieve", "commitment", "forward", "print")
+KIND_FILTERS: tuple[str, ...] = (
+    "all",
+    "send",
+    "retrieve",
+    "commitment",
+    "forward",
+    "print",
+    "burn",
+    "import",
+    "anonymize",
+)
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("id", "ID", 5),
     ("state", "State", 16),
@@ -521,7 +531,7 @@ class JobDetailScreen(ConsoleScreen):
             lines.append(f"Next retry at {fmt(job.get('next_retry'), True)}")
         if job.get("error"):
             lines.append(f"Error: {job['error']}")
-        done = "printed" if job.get("kind") == "print" else "sent"
+        done = {"print": "printed", "anonymize": "anonymized"}.get(str(job.get("kind")), "sent")
         lines.append(
             f"{counts.get('success', 0)} {done}, {counts.get('warning', 0)} with warning, "
             f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending"
