@@ -12,6 +12,7 @@ from pathlib import Path
 
 from appliance import (
     __version__,
+    anon_profile_cli,
     anonymize_cli,
     audit,
     audit_cli,
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls_cli.add_parsers(commands, common)
     audit_cli.add_parsers(commands, common)
     anonymize_cli.add_parsers(commands, common)
+    anon_profile_cli.add_parsers(commands, common)
     return parser
 
 
@@ -354,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return tls_cli.run(args, store)
             if args.command in anonymize_cli.COMMANDS:
                 return anonymize_cli.run(args, store)
+            if args.command in anon_profile_cli.COMMANDS:
+                return anon_profile_cli.run(args, store)
         finally:
             store.close()
             audit.shutdown()

@@ -834,6 +834,11 @@ class AnonProfileConfig:
                     f"{option!r} is not an option: one of {', '.join(known)}",
                 )
         self.options = sorted(set(options), key=known.index)
+        if {"retain_long_full_dates", "retain_long_modified_dates"} <= set(self.options):
+            raise ConfigError(
+                "anon_profile.options",
+                "retain_long_full_dates and retain_long_modified_dates exclude each other",
+            )
         if not isinstance(self.overrides, dict):
             raise ConfigError("anon_profile.overrides", "must map attributes to actions")
         overrides: dict[str, str] = {}

@@ -43,17 +43,17 @@ RISKY_MODALITIES: dict[str, str] = {
     "OT": "other",
     "DOC": "document",
 }
-# SOP Class UID prefixes of the same kinds (whatever the Modality says: a CT dose screen is a
-# Secondary Capture with Modality CT).
-RISKY_SOP_CLASS_PREFIXES: dict[str, str] = {
+# SOP Classes of the same kinds, each with its sub-classes (``...6`` covers ``...6.1``), whatever
+# the Modality says: a CT dose screen is a Secondary Capture with Modality CT.
+RISKY_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.7": "secondary capture",
-    "1.2.840.10008.5.1.4.1.1.6.": "ultrasound",
+    "1.2.840.10008.5.1.4.1.1.6": "ultrasound",
     "1.2.840.10008.5.1.4.1.1.3.1": "ultrasound multi-frame",
-    "1.2.840.10008.5.1.4.1.1.12.": "X-ray angiography or fluoroscopy",
-    "1.2.840.10008.5.1.4.1.1.77.1.": "visible light image or video",
-    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.12": "X-ray angiography or fluoroscopy",
+    "1.2.840.10008.5.1.4.1.1.77.1": "visible light image or video",
+    "1.2.840.10008.5.1.4.1.1.104": "encapsulated document",
 }
-ENCAPSULATED_DOCUMENT_PREFIX = "1.2.840.10008.5.1.4.1.1.104."
+ENCAPSULATED_DOCUMENT = "1.2.840.10008.5.1.4.1.1.104"
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -99,6 +99,10 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
+def _in_family(uid: str, root: str) -> bool:
+    return uid == root or uid.startswith(root + ".")
+
+
 def has_pixels(ds: Dataset) -> bool:
     return any(keyword in ds for keyword in PIXEL_KEYWORDS)
 
@@ -115,7 +119,7 @@ class PixelPolicy:
 
     def assess(self, ds: Dataset) -> PixelRisk:
         sop_class = _text(ds, "SOPClassUID")
-        if sop_class.startswith(ENCAPSULATED_DOCUMENT_PREFIX) or "EncapsulatedDocument" in ds:
+        if _in_family(sop_class, ENCAPSULATED_DOCUMENT) or "EncapsulatedDocument" in ds:
             return PixelRisk(True, "encapsulated document: its content may name the patient")
         if not has_pixels(ds):
             return PixelRisk(False, "no pixel data")
@@ -128,7 +132,7 @@ class PixelPolicy:
         kind = RISKY_MODALITIES.get(modality)
         if kind is None:
             kind = next(
-                (k for p, k in RISKY_SOP_CLASS_PREFIXES.items() if sop_class.startswith(p)),
+                (k for uid, k in RISKY_SOP_CLASSES.items() if _in_family(sop_class, uid)),
                 None,
             )
         if kind is not None:
