@@ -106,7 +106,17 @@ def load_profile(config: ConfigStore, name: object) -> Any:
     from appliance import anonymize
 
     stored = profile_config(config, name)
-    return anonymize.Profile.from_config(stored)
+    try:
+        return anonymize.Profile(
+            name=stored.name,
+            options=frozenset(stored.options),
+            overrides=dict(stored.overrides),
+            patient_id_pattern=stored.patient_id_pattern,
+            patient_name_pattern=stored.patient_name_pattern,
+            project=stored.project,
+        )
+    except anonymize.ProfileError as exc:
+        raise AnonymizeError(f"profile {stored.name}: {exc}") from None
 
 
 def describe_profile(stored: Any) -> dict[str, Any]:
@@ -163,10 +173,10 @@ class Outcome:
 
 
 class Worker:
-    """One profile's anonymizers over one pseudonym store, for a job attempt or a CLI run.
+    """One profile's anonymizer over one pseudonym store, for a job attempt or a CLI run.
 
-    Objects the technologist confirmed go through an anonymizer without the pixel guard: the
-    guard's question (may these pixels carry text?) has been answered by a person.
+    Objects the technologist confirmed skip the pixel guard: its question (may these pixels
+    carry text?) has been answered by a person who looked at the image.
     """
 
     def __init__(
@@ -178,10 +188,8 @@ class Worker:
         self.confirmed = set(confirmed)
         self.pseudonyms = open_pseudonyms(data_dir)
         try:
-            self.guarded = Anonymizer(
-                self.profile, self.pseudonyms, pixel_policy=pixel_policy(config)
-            )
-            self.unguarded = Anonymizer(self.profile, self.pseudonyms)
+            policy = pixel_policy(config)
+            self.anonymizer = Anonymizer(self.profile, self.pseudonyms, pixel_policy=policy)
         except Exception:
             _close(self.pseudonyms)
             raise
@@ -204,12 +212,10 @@ class Worker:
             study_uid=str(ds.get("StudyInstanceUID", "") or ""),
             sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
         )
-        anonymizer = self.unguarded if source in self.confirmed else self.guarded
         with self.lock:
-            result = anonymizer.anonymize(ds)
-        held = getattr(result, "held", None)
-        if held:
-            outcome.held = f"{HELD_PREFIX}{held}"
+            result = self.anonymizer.anonymize(ds, pixels_confirmed=source in self.confirmed)
+        if result.held:
+            outcome.held = held_reason(result.held)
             return outcome
         new = result.dataset
         outcome.dataset = new
@@ -217,6 +223,14 @@ class Worker:
         outcome.new_study_uid = str(new.get("StudyInstanceUID", "") or "")
         outcome.sop_class_uid = str(new.get("SOPClassUID", "") or outcome.sop_class_uid)
         return outcome
+
+
+def held_reason(why: str) -> str:
+    """The instance result's error for a held object: "held: <why>; <what to do>"."""
+    text = why.strip()
+    if "confirm" not in text:
+        text += "; clean pixel regions or confirm"
+    return f"{HELD_PREFIX}{text}"
 
 
 def transfer_syntax_of(ds: Dataset, fallback: str = ExplicitVRLittleEndian) -> str:
@@ -887,29 +901,21 @@ def anonymize_files(
 
 
 def preview_rows(config: ConfigStore, data_dir: Path, profile_name: str, ds: Dataset) -> dict:
-    """The side-by-side table for one object: {"instance", "profile", "rows", "held"}; no
-    pseudonym or key is created by looking (``appliance.anonymize.preview`` is a dry run)."""
-    from appliance.anonymize import preview
+    """The side-by-side table for one object: {"instance", "profile", "rows", "held"}. A dry
+    run: no pseudonym is stored by looking (``Anonymizer.preview``)."""
+    from appliance.anonymize import Anonymizer
 
     profile = load_profile(config, profile_name)
     store = open_pseudonyms(data_dir)
     try:
-        changes = preview(ds, profile, store)
+        result = Anonymizer(profile, store, pixel_policy=pixel_policy(config)).preview(ds)
     finally:
         _close(store)
-    held = None
-    try:
-        options = set(getattr(profile, "options", ()) or ())
-        decision = pixel_policy(config).decide(ds, clean_pixel_data="clean_pixel_data" in options)
-        if decision.action == "hold":
-            held = decision.reason
-    except Exception as exc:  # noqa: BLE001 - the table is still worth showing
-        LOG.warning("preview: cannot assess the pixels: %s", exc)
     return {
         "instance": str(ds.get("SOPInstanceUID", "") or ""),
         "profile": profile.name,
-        "rows": [change_row(c) for c in changes],
-        "held": held,
+        "rows": [change_row(c) for c in result.changes],
+        "held": held_reason(result.held)[len(HELD_PREFIX) :] if result.held else None,
     }
 
 
@@ -927,13 +933,10 @@ def _text(value: object) -> str:
 
 
 def change_row(change: Any) -> dict[str, str]:
-    tag = getattr(change, "tag", "")
-    if isinstance(tag, int):
-        tag = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    """A preview row: tag (with its place in nested sequences), keyword, original, action,
+    result, as text."""
+    row = change.as_row() if hasattr(change, "as_row") else {}
     return {
-        "tag": str(tag),
-        "keyword": str(getattr(change, "keyword", "") or ""),
-        "original": _text(getattr(change, "original", None)),
-        "action": str(getattr(change, "action", "") or ""),
-        "result": _text(getattr(change, "result", None)),
+        key: _text(row.get(key, getattr(change, key, "")))
+        for key in ("tag", "keyword", "original", "action", "result")
     }

@@ -321,7 +321,12 @@ def test_preview_table_and_the_control_ops(daemon_factory, tmp_path):
         profiles = client.call("anonymize.profiles")
         assert profiles[0]["name"] == "basic" and profiles[0]["builtin"]
         by_uid = client.call("anonymize.preview", profile="basic", sop_instance_uid=made["uids"][0])
-        assert by_uid["rows"] == answer["rows"]
+
+        # The archive's file has a Source AE Title in its meta: otherwise the same table.
+        def dataset_rows(rows: list[dict]) -> list[dict]:
+            return [r for r in rows if not r["tag"].startswith("(0002,")]
+
+        assert dataset_rows(by_uid["rows"]) == dataset_rows(answer["rows"])
         with pytest.raises(ApiError, match="no anonymization profile"):
             client.call("anonymize.preview", profile="nope", study_uid=made["study"])
         with pytest.raises(ApiError, match="no study"):
