@@ -435,6 +435,23 @@ def test_daemon_refuses_to_start_with_a_bad_node(tmp_path):
     assert "port" in result.stderr and "1..65535" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("table", "doc", "expected"),
+    [
+        ("pixel_regions", {"modality": "US", "columns": 64, "rows": 48,
+                           "regions": [[0, 0, 65, 1]]}, "does not fit a 64x48 image"),
+        ("anon_profiles", {"name": "basic"}, "is built in"),
+    ],
+)  # fmt: skip
+def test_daemon_refuses_to_start_with_a_bad_anonymization_table(tmp_path, table, doc, expected):
+    _write_config(tmp_path / "data", {})
+    path = tmp_path / "data" / CONFIG_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), table: {"1": doc}}))
+    result = _serve(tmp_path / "data")
+    assert result.returncode != 0
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
 def test_daemon_refuses_to_start_with_a_file_that_is_not_json(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / CONFIG_FILE).write_text("{ this is not json")
