@@ -78,7 +78,11 @@ _META_REMOVE = frozenset({0x00020016, 0x00020017, 0x00020018, 0x00020026, 0x0002
                           0x00020028, 0x00020100, 0x00020102})  # fmt: skip
 _TYPE1 = frozenset({0x00080023, 0x00080033, 0x00181000, 0x0008002A})
 _ENHANCED_WORDS = ("Enhanced", "Legacy Converted", "SR", "Segmentation", "Parametric Map",
-                   "Key Object", "Surface", "Tractography", "Spectroscopy")  # fmt: skip
+                   "Key Object", "Surface", "Tractography", "Spectroscopy", "Waveform")  # fmt: skip
+# Type 2 in the RT IODs although the table removes them (X, X/D): emptied there instead, which
+# keeps the object valid and carries no value (RT Plan Date/Time, Structure Set Time,
+# Treatment Machine Name).
+_TYPE2_RT = frozenset({0x300A0006, 0x300A0007, 0x30060009, 0x300A00B2})
 _PATIENT_ID = 0x00100020
 _PATIENT_NAME = 0x00100010
 _SOP_INSTANCE_UID = 0x00080018
@@ -274,6 +278,7 @@ class _Run:
         sop_class = source.get("SOPClassUID", "")
         name = UID(str(sop_class)).name if sop_class else ""
         self.enhanced = any(word in name for word in _ENHANCED_WORDS)
+        self.rt = name.startswith("RT ")
         self._shift: int | None = None
         self._pseudonyms: dict[tuple[str, str], tuple[str, str]] = {}
         self.tokens = self._identifying_strings(source)
@@ -512,6 +517,8 @@ class Anonymizer:
     ) -> None:
         tag = int(elem.tag)
         action = self._resolve(action, tag, run.enhanced)
+        if action == "X" and run.rt and tag in _TYPE2_RT:
+            action = "Z"
         original = _show(elem)
         if tag == _PATIENT_ID or tag == _PATIENT_NAME:
             if action in ("Z", "D", "X"):
