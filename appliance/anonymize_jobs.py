@@ -818,14 +818,42 @@ def iter_files(folder: Path) -> Iterator[Path]:
 
 
 def write_part10(path: Path, ds: Dataset) -> None:
-    """``ds`` as a Part 10 file at ``path``, atomically (a reader never sees half a file)."""
+    """``ds`` as a Part 10 file at ``path``, atomically: written under a temporary name in the
+    same folder and renamed, so a reader never sees half a file. Not fsynced one by one (ten
+    times the cost of the rest on ext4): ``sync_folder`` makes a whole run durable at its end.
+    """
     from appliance.archive import encode_file_meta
-    from appliance.fileio import atomic_write_bytes
+    from appliance.fileio import PARTIAL_SUFFIX
 
     encoded, ts = encode_dataset(ds)
     head = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, head, encoded)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(head)
+            handle.write(encoded)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush everything written under ``folder`` to disk at once (syncfs(2) on its file
+    system; sync(2) where syncfs cannot be called)."""
+    import ctypes
+    import ctypes.util
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs failed")
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def anonymize_files(
@@ -880,6 +908,7 @@ def anonymize_files(
             report.outcomes.append(outcome)
             if progress is not None:
                 progress(outcome)
+    sync_folder(output)
     report.seconds = time.monotonic() - started
     for original, anonymized in report.anonymized.items():
         mine = [o for o in report.outcomes if o.study_uid == original]
