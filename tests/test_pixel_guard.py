@@ -341,3 +341,34 @@ def test_pixel_region_store_add_replace_remove(tmp_path):
     with pytest.raises(ConfigError, match="no rule"):
         store.remove_pixel_region("US", 640, 480, manufacturer="ACME")
     store.close()
+
+
+def _testdata(name: str) -> Dataset:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} is not in this pydicom installation")
+    return pydicom.dcmread(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "black"), [("MR_small_jpeg_ls_lossless.dcm", -32768), ("SC_rgb_rle_2frame.dcm", 0)]
+)
+def test_pydicom_test_files_other_codecs(tmp_path, name, black):
+    """A signed 16-bit JPEG-LS file and a two-frame RGB RLE file that ship with pydicom."""
+    ds = _testdata(name)
+    before = frames_of(ds).copy()
+    regions = [Region(0, 0, 10, 5), Region(int(ds.Columns) - 4, int(ds.Rows) - 3, 4, 3)]
+    out = round_trip(clean_pixels(ds, regions), tmp_path)
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert_blanked(before, out, regions, black)
+
+
+def test_pixels_the_decoder_refuses_are_never_passed_through():
+    # pydicom's JPEG-lossy.dcm has a scan libjpeg rejects: the object is held, not copied.
+    ds = _testdata("JPEG-lossy.dcm")
+    with pytest.raises(PixelError, match="cannot be decoded"):
+        policy(modality="NM", columns=int(ds.Columns), rows=int(ds.Rows)).clean(
+            ds, [Region(0, 0, 1, 1)]
+        )
