@@ -13,6 +13,8 @@ Choices where the standard leaves room (written into the conformance statement t
   Content Date/Time in SR and enhanced objects, Device Serial Number and Acquisition DateTime in
   enhanced objects), so the output stays as valid as the input. Z/D is Z unless Type 1.
   X/Z/U* keeps the sequence and replaces the UIDs inside it (references stay valid).
+  In RT objects, RT Plan Date/Time, Structure Set Time and Treatment Machine Name (Type 2 there,
+  X or X/D in the table) are emptied rather than removed.
 * D on a sequence keeps the items and walks them with every free-text value replaced by a dummy
   (codes are kept); C on a sequence keeps the items and cleans free text. K on a sequence keeps
   it but still walks it (the standard's "cleaned for sequences").
