@@ -416,7 +416,11 @@ class Anonymizer:
         ds = copy.deepcopy(source)
         held = self._pixels(ds, run, pixels_confirmed)
         if held is None and "clean_pixel_data" in self.profile.options and self.pixel_policy:
-            ds = self._clean_pixels(ds, run)
+            try:
+                ds = self._clean_pixels(ds, run)
+            except ValueError as exc:
+                # Pixels that cannot be decoded or blanked are never passed through.
+                held = f"pixels cannot be cleaned: {exc}"
         self._walk(ds, run, path="", mode="normal")
         self._file_meta(ds, run)
         self._mark(ds, run)
@@ -429,7 +433,8 @@ class Anonymizer:
         )
 
     def _pixels(self, ds: Dataset, run: _Run, confirmed: bool) -> str | None:
-        if self.pixel_policy is None or "PixelData" not in ds:
+        # No Pixel Data is not enough: an encapsulated document (PDF, CDA) carries its own text.
+        if self.pixel_policy is None:
             return None
         reason = _risk_reason(self.pixel_policy.assess(ds))
         if reason is None or confirmed:
