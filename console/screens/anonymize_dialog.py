@@ -40,10 +40,12 @@ from console.screens.media import styled
 from console.widgets import NodePickerModal
 
 BUILT_IN = "basic"
-PREVIEW_COLUMNS = (("Attribute", 20), ("Original", 18), ("Action", 8), ("Result", 22))
+DEFAULT_ID_PATTERN = "ANON{n:06d}"  # the engine's default: not worth a word on the profile line
+PREVIEW_COLUMNS = (("Attribute", 20), ("Original", 17), ("Action", 9), ("Result", 20))
 # Table E.1-1 action codes as words the operator reads; anything else is shown as the daemon
 # says it (overrides "keep", "replace", "remove"; "shift" for modified dates, ...).
 ACTION_WORDS = {
+    "UID": "new UID",
     "X": "remove",
     "Z": "empty",
     "D": "dummy",
@@ -51,7 +53,12 @@ ACTION_WORDS = {
     "K": "keep",
     "C": "clean",
 }
-ACTION_STYLES = {"remove": "$error", "empty": "$warning", "keep": "$text-muted"}
+ACTION_STYLES = {
+    "remove": "$error",
+    "empty": "$warning",
+    "keep": "$text-muted",
+    "add": "$success",
+}
 # The option names of DESIGN (PS3.15 Table E.1-1 columns) as the profile line shows them.
 OPTION_WORDS = {
     "retain_safe_private": "safe private",
@@ -78,7 +85,9 @@ def profile_name(profile: dict[str, Any]) -> str:
 def profile_text(profile: dict[str, Any]) -> str:
     """One line about a profile: its options, overrides, patterns and project."""
     options = [str(option) for option in profile.get("options") or []]
-    parts = [
+    description = str(profile.get("description") or "").strip()
+    parts = [description] if description else []
+    parts += [
         "Basic Profile"
         + (
             " + " + ", ".join(OPTION_WORDS.get(option, option) for option in options)
@@ -90,7 +99,7 @@ def profile_text(profile: dict[str, Any]) -> str:
     if overrides:
         parts.append(f"{len(overrides)} override{'' if len(overrides) == 1 else 's'}")
     pattern = profile.get("patient_id_pattern")
-    if pattern:
+    if pattern and pattern != DEFAULT_ID_PATTERN:
         parts.append(f"ID {pattern}")
     project = profile.get("project")
     if project and project != "default":
@@ -125,54 +134,66 @@ def attribute_text(row: dict[str, Any]) -> str:
 def preview_rows(answer: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """The preview table's cells: attribute, original, action, result."""
     widths = [width for _, width in PREVIEW_COLUMNS]
-    return [
-        (
-            value_text(attribute_text(row), widths[0]),
-            value_text(row.get("original"), widths[1]),
-            value_text(action_text(row.get("action")), widths[2]),
-            value_text(row.get("result"), widths[3]),
+    cells = []
+    for row in answer.get("rows") or []:
+        action = action_text(row.get("action"))
+        result = row.get("result")
+        original = row.get("original")
+        cells.append(
+            (
+                value_text(attribute_text(row), widths[0]),
+                # An attribute the profile adds had no value before; a removed one has none
+                # after: both read as absent ("-"), not as an empty value.
+                value_text(None if action == "add" and not original else original, widths[1]),
+                value_text(action, widths[2]),
+                value_text(None if action == "remove" and not result else result, widths[3]),
+            )
         )
-        for row in answer.get("rows") or []
-    ]
+    return cells
 
 
 def held_of(answer: dict[str, Any], study_uid: str = "") -> list[dict[str, Any]]:
-    """The held instances a preview answer names, each as {sop_instance_uid, reason, study_uid}.
+    """The held instances a preview answer names, each as {sop_instance_uid, reason, modality,
+    study_uid}.
 
-    ``held`` is the sample's reason (or null); a daemon that checks every instance of the study
-    lists them in ``held_instances`` (uid and reason, maybe modality and series).
+    With a study, ``held_instances`` lists every instance of it the daemon would hold
+    (``instance``, ``series_uid``, ``modality``, ``reason``); ``held`` is the sample's reason
+    (or null), which is all an instance's preview says.
     """
     found: list[dict[str, Any]] = []
     for item in answer.get("held_instances") or []:
-        if isinstance(item, dict) and item.get("sop_instance_uid"):
-            found.append({"study_uid": study_uid, **item})
+        if isinstance(item, dict):
+            uid = item.get("sop_instance_uid") or item.get("instance")
+            if uid:
+                found.append({"study_uid": study_uid, **item, "sop_instance_uid": str(uid)})
     held = answer.get("held")
-    if isinstance(held, list):  # a list of {sop_instance_uid, reason}, read the same way
-        found += [{"study_uid": study_uid, **item} for item in held if isinstance(item, dict)]
-    elif held and answer.get("instance"):
+    if held and answer.get("instance"):
         uid = str(answer["instance"])
-        if all(item.get("sop_instance_uid") != uid for item in found):
+        if all(item["sop_instance_uid"] != uid for item in found):
             found.insert(0, {"study_uid": study_uid, "sop_instance_uid": uid, "reason": held})
     seen: set[str] = set()
     unique = []
     for item in found:
-        uid = str(item["sop_instance_uid"])
-        if uid not in seen:
-            seen.add(uid)
-            unique.append({**item, "sop_instance_uid": uid, "reason": str(item.get("reason", ""))})
+        if item["sop_instance_uid"] not in seen:
+            seen.add(item["sop_instance_uid"])
+            unique.append({**item, "reason": str(item.get("reason") or "")})
     return unique
 
 
-def held_text(item: dict[str, Any], png: str | None = None) -> str:
-    """A held instance's checkbox label: the reason, the UID's end, and its picture's path."""
+def held_label(item: dict[str, Any]) -> str:
+    """A held instance's checkbox: its modality and the end of its UID."""
     uid = str(item["sop_instance_uid"])
-    reason = str(item.get("reason") or "held").removeprefix("held: ")
     what = " ".join(
         str(item.get(key)) for key in ("modality", "series_description") if item.get(key)
     )
-    short = uid if len(uid) <= 24 else "…" + uid[-23:]
-    text = f"{what + ' ' if what else ''}{short}: {reason}"
-    return f"{text}\n  {png}" if png else text
+    short = uid if len(uid) <= 28 else "…" + uid[-27:]
+    return f"{what} {short}" if what else short
+
+
+def held_note(item: dict[str, Any], png: str | None = None) -> str:
+    """Under the checkbox: why it is held, and where the picture of it is once rendered."""
+    reason = str(item.get("reason") or "held").removeprefix("held: ")
+    return f"{reason}\n{png}" if png else reason
 
 
 @dataclass(frozen=True)
@@ -259,7 +280,7 @@ class AnonymizeDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
     AnonymizeDialog #anon-title { text-style: bold; height: 1; }
     AnonymizeDialog .field-label { width: 10; }
     AnonymizeDialog .field-error { padding-left: 10; }
-    AnonymizeDialog .field-note { color: $text-muted; padding-left: 10; height: 1; }
+    AnonymizeDialog .field-note { color: $text-muted; padding-left: 10; height: auto; }
     AnonymizeDialog #anon-preview {
         height: 1fr; min-height: 4; border-top: solid $primary-muted;
     }
@@ -267,7 +288,8 @@ class AnonymizeDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
         height: auto; max-height: 7; display: none; border-top: solid $warning;
     }
     AnonymizeDialog #anon-held.-shown { display: block; }
-    AnonymizeDialog #anon-held Checkbox { border: none; padding: 0; height: auto; }
+    AnonymizeDialog #anon-held Checkbox { border: none; padding: 0; height: 1; }
+    AnonymizeDialog #anon-held .held-note { padding-left: 4; height: auto; color: $text-muted; }
     AnonymizeDialog #anon-message { height: auto; }
     AnonymizeDialog .buttons { height: 1; }
     AnonymizeDialog .buttons Button { width: auto; min-width: 8; margin-right: 1; }
@@ -280,7 +302,7 @@ class AnonymizeDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
         Binding("ctrl+n", "pick_node", "Send to node"),
         Binding("ctrl+o", "render_held", "Show held images"),
     ]
-    HINT = "ctrl+s anonymize  ctrl+n node  ctrl+o held images  space tick  escape cancel"
+    HINT = "ctrl+s anonymize  ctrl+n node  ctrl+o held images  space tick  esc cancel"
 
     def __init__(self, studies: list[dict[str, Any]]) -> None:
         super().__init__()
@@ -291,6 +313,8 @@ class AnonymizeDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
         self.preview: dict[str, Any] = {}
         self.held: list[dict[str, Any]] = []
         self.pngs: dict[str, str] = {}
+        self.checkboxes: list[Checkbox] = []
+        self.notes: list[Static] = []
         self.previewed = ""  # the profile the table shows
         self.requested = ""  # the profile last asked about
         self.busy = False
@@ -431,20 +455,13 @@ class AnonymizeDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
         set_message(self.query_one("#anon-message", Static), text)
 
     def show_held(self, held: list[dict[str, Any]]) -> None:
-        """A checkbox per held instance, ticked ones kept ticked across a new preview."""
+        """A checkbox per held instance; ticks stay across a new preview."""
+        same = [item["sop_instance_uid"] for item in held] == [
+            item["sop_instance_uid"] for item in self.held
+        ]
         ticked = set(self.confirmed())
         self.held = held
         box = self.query_one("#anon-held", VerticalScroll)
-        box.remove_children()
-        box.mount_all(
-            Checkbox(
-                held_text(item, self.pngs.get(item["sop_instance_uid"])),
-                item["sop_instance_uid"] in ticked,
-                id=f"anon-held-{index}",
-                compact=True,
-            )
-            for index, item in enumerate(held)
-        )
         box.set_class(bool(held), "-shown")
         box.border_title = (
             f"Held: {len(held)} image{'' if len(held) == 1 else 's'} may show patient data; "
@@ -453,15 +470,49 @@ class AnonymizeDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
             else "Held"
         )
         self.query_one("#anon-render", Button).disabled = not held
+        if same and len(self.checkboxes) == len(held):
+            self.relabel_held()
+            return
+        boxes = [
+            Checkbox(
+                held_label(item),
+                item["sop_instance_uid"] in ticked,
+                id=f"anon-held-{index}",
+                compact=True,
+            )
+            for index, item in enumerate(held)
+        ]
+        notes = [
+            Static(
+                held_note(item, self.pngs.get(item["sop_instance_uid"])),
+                id=f"anon-held-note-{index}",
+                classes="held-note",
+            )
+            for index, item in enumerate(held)
+        ]
+        self.checkboxes, self.notes = boxes, notes
+
+        async def rebuild() -> None:
+            # The old boxes go before the new ones (with the same ids) come.
+            await box.remove_children()
+            if self.checkboxes is boxes:
+                await box.mount_all(
+                    widget for pair in zip(boxes, notes, strict=True) for widget in pair
+                )
+
+        self.run_worker(rebuild(), group="anon-held", exclusive=True)
+
+    def relabel_held(self) -> None:
+        for item, note in zip(self.held, self.notes, strict=False):
+            note.update(held_note(item, self.pngs.get(item["sop_instance_uid"])))
 
     def confirmed(self) -> list[str]:
         """The held instances ticked by the operator."""
-        ticked = []
-        for index, item in enumerate(self.held):
-            boxes = self.query(f"#anon-held-{index}").results(Checkbox)
-            if any(box.value for box in boxes):
-                ticked.append(str(item["sop_instance_uid"]))
-        return ticked
+        return [
+            str(item["sop_instance_uid"])
+            for item, checkbox in zip(self.held, self.checkboxes, strict=False)
+            if checkbox.value
+        ]
 
     def action_render_held(self) -> None:
         """Have the daemon render the held images to PNG files (the print preview)."""
@@ -483,13 +534,11 @@ class AnonymizeDialog(ConsoleScreen, ModalScreen[dict[str, Any] | None]):
     def show_pngs(self, uids: list[str], files: list[str]) -> None:
         # One film per image, in the order asked: the n-th PNG is the n-th image.
         self.pngs.update(zip(uids, files, strict=False))
-        for index, item in enumerate(self.held):
-            for box in self.query(f"#anon-held-{index}").results(Checkbox):
-                box.label = held_text(item, self.pngs.get(item["sop_instance_uid"]))
+        self.relabel_held()
         set_message(
             self.query_one("#anon-message", Static),
-            f"{len(files)} image{'' if len(files) == 1 else 's'} rendered: open the PNG "
-            "files beside each held image",
+            f"{len(files)} held image{'' if len(files) == 1 else 's'} rendered to PNG "
+            "(the path is under each)",
             ok=bool(files),
         )
 

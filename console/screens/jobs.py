@@ -536,6 +536,13 @@ class JobDetailScreen(ConsoleScreen):
             f"{counts.get('success', 0)} {done}, {counts.get('warning', 0)} with warning, "
             f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending"
         )
+        # An anonymize job's copies: the new study UIDs, to find them on the Studies screen.
+        copies = (job.get("summary") or {}).get("anonymized") or {}
+        if copies:
+            profile = (job.get("params") or {}).get("profile", "")
+            lines.append(
+                f"Anonymized copy ({profile}): " + ", ".join(str(uid) for uid in copies.values())
+            )
         with self.app.batch_update():
             self.query_one("#summary", Static).update("\n".join(lines))
             table = self.query_one("#instances", DataTable)
