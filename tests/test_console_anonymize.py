@@ -343,6 +343,9 @@ async def test_anonymize_from_the_studies_screen_releases_a_held_image_and_sends
         await wait_until(pilot, lambda: app.screen is dialog)
         assert dialog.query_one("#anon-send", Input).value == "pacs"
 
+        # And a disc image of the copy (a file-backed drive).
+        iso = tmp_path / "anon.iso"
+        dialog.query_one("#anon-burn", Input).value = f"stdio:{iso}"
         box.value = True  # looked at: released
         await pilot.pause()
         await pilot.press("ctrl+s")
@@ -355,7 +358,10 @@ async def test_anonymize_from_the_studies_screen_releases_a_held_image_and_sends
             ),
         )
         job_id = int(text.split("#")[1].split()[0])
-        assert text == f"queued anonymize job #{job_id} (profile basic), then send to pacs"
+        assert text == (
+            f"queued anonymize job #{job_id} (profile basic), then send to pacs and burn on "
+            f"stdio:{iso}"
+        )
     job = wait_job(client, job_id, FINAL, timeout=120)
     assert job["state"] == "succeeded", job
     assert job["kind"] == "anonymize" and job["target"] == "archive"
@@ -369,6 +375,15 @@ async def test_anonymize_from_the_studies_screen_releases_a_held_image_and_sends
         assert ds.PatientName != "DOE^JOHN" and ds.PatientID != "PAT001"
         assert ds.StudyInstanceUID not in (ct, us)
         assert ds.PatientIdentityRemoved == "YES"
+    copies = sorted({str(pydicom.dcmread(path).StudyInstanceUID) for path in files})
+    assert sorted(job["summary"]["anonymized"].values()) == copies
+    # The burn of the copies (one pseudonym: one patient, one disc) follows.
+    burns = client.jobs(kinds=["burn"])
+    assert len(burns) == 1 and burns[0]["target"] == f"stdio:{iso}"
+    burn = wait_job(client, int(burns[0]["id"]), FINAL, timeout=120)
+    assert burn["state"] == "succeeded", burn
+    assert sorted(burn["params"]["study_uids"]) == copies
+    assert iso.stat().st_size > 0
     client.close()
 
 
