@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# Build the appliance disk image on a Debian machine, as root, without containers.
+#
+#   image-build/build.sh [--out DIR] [--update-lock]
+#
+# Output in DIR (default image-build/out): appliance.img (GPT: bios-boot, root-a, root-b, data),
+# vmlinuz, initrd.img and cmdline beside it (for a direct-kernel boot), rootfs/ (the root tree,
+# kept for `systemd-analyze verify --root=`), packages.txt (the Debian package list).
+#
+# Locks (image-build/lock/): debian.lock pins every Debian package of the root file system
+# ("name version"), python.lock pins every wheel of the virtual environment with its sha256
+# (pip's requirements format, installed with --require-hashes). A build with locks present
+# installs exactly those versions and fails if the package set differs; --update-lock resolves
+# afresh and rewrites both files.
+#
+# Needs: mmdebstrap, e2fsprogs (mkfs.ext4 -d), fdisk (sfdisk), python3 with pip on the host.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+suite="bookworm"
+chroot_path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+venv="/opt/dicom-appliance/venv"
+
+# Debian packages the appliance needs at run time, on top of --variant=minbase.
+packages=(
+    systemd systemd-sysv systemd-timesyncd udev dbus
+    linux-image-cloud-amd64 initramfs-tools
+    openssh-server
+    python3 python3-venv
+    ca-certificates xorriso
+)
+
+# In the chroot: a clean environment, so nothing of the host's (PIP_*, proxies, locale) leaks in.
+in_chroot() {
+    local root="$1"
+    shift
+    env -i PATH="$chroot_path" HOME=/root LANG=C.UTF-8 chroot "$root" "$@"
+}
+
+# --- wheelhouse (on the host) -----------------------------------------------------------------
+
+pip_host() {
+    # the host's own find-links (host-only wheels) must not feed the image
+    env -u PIP_FIND_LINKS -u PIP_INDEX_URL_EXTRA python3 -m pip "$@"
+}
+
+target_platform=(
+    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3
+    --abi none
+    --platform manylinux_2_36_x86_64 --platform manylinux_2_35_x86_64
+    --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+    --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
+    --platform manylinux2014_x86_64 --platform manylinux2010_x86_64
+    --platform manylinux1_x86_64 --platform linux_x86_64 --platform any
+)
+
+build_wheelhouse() {
+    local wheels="$1" lock="$here/lock/python.lock"
+    rm -rf "$wheels"
+    mkdir -p "$wheels/project" "$wheels/deps"
+    pip_host wheel --quiet --no-deps --no-build-isolation -w "$wheels/project" "$repo" ||
+        pip_host wheel --quiet --no-deps -w "$wheels/project" "$repo"
+    local project_wheel
+    project_wheel="$(ls "$wheels"/project/dicom_appliance-*.whl)"
+    if [ "$update_lock" = 1 ] || [ ! -s "$lock" ]; then
+        echo "== resolving Python dependencies for the image (cp311, manylinux)"
+        pip_host download --quiet "${target_platform[@]}" -d "$wheels/deps" "$project_wheel"
+        rm -f "$wheels"/deps/dicom_appliance-*.whl
+        write_python_lock "$wheels/deps" >"$lock.new"
+        mv "$lock.new" "$lock"
+    else
+        echo "== downloading the locked wheels"
+        pip_host download --quiet --no-deps --require-hashes "${target_platform[@]}" \
+            -d "$wheels/deps" -r "$lock"
+    fi
+    cp "$lock" "$wheels/python.lock"
+}
+
+write_python_lock() {
+    python3 - "$1" <<'PY'
+import hashlib
+import pathlib
+import re
+import sys
+
+print("# Python wheels of the image's virtual environment (cp311, manylinux x86_64).")
+print("# Written by image-build/build.sh --update-lock; installed with --require-hashes.")
+for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl"), key=lambda p: p.name.lower()):
+    name, version = wheel.name.split("-")[:2]
+    name = re.sub(r"[-_.]+", "-", name).lower()
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    print(f"{name}=={version} --hash=sha256:{digest}")
+PY
+}
+
+# --- root file system -------------------------------------------------------------------------
+
+debian_pins() {
+    # apt preferences that hold every package at its locked version
+    local lock="$here/lock/debian.lock" name version
+    while read -r name version; do
+        case "$name" in "" | "#"*) continue ;; esac
+        printf 'Package: %s\nPin: version %s\nPin-Priority: 1001\n\n' "$name" "$version"
+    done <"$lock"
+}
+
+build_rootfs() {
+    local root="$1" wheels="$2" prefs="$3"
+    local include
+    include="$(IFS=,; echo "${packages[*]}")"
+    local setup=(--setup-hook='mkdir -p "$1/etc/apt/preferences.d"')
+    if [ -s "$prefs" ]; then
+        setup+=(--setup-hook="cp '$prefs' \"\$1/etc/apt/preferences.d/image-lock.pref\"")
+    fi
+    rm -rf "$root"
+    SOURCE_DATE_EPOCH="$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)" \
+        mmdebstrap --mode=root --variant=minbase --quiet \
+        --include="$include" \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+        --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/info/*' \
+        "${setup[@]}" \
+        --customize-hook="'$here/build.sh' --customize \"\$1\" '$wheels'" \
+        "$suite" "$root"
+}
+
+install_units() {
+    local root="$1" f base enable=()
+    local sysd="$root/usr/lib/systemd/system"
+    for f in "$repo"/systemd/*; do
+        [ -f "$f" ] || continue
+        base="$(basename "$f")"
+        case "$base" in
+            *.sysusers.conf) install -D -m 0644 "$f" "$root/usr/lib/sysusers.d/${base%.sysusers.conf}.conf" ;;
+            *.tmpfiles.conf) install -D -m 0644 "$f" "$root/usr/lib/tmpfiles.d/${base%.tmpfiles.conf}.conf" ;;
+            *.rules) install -D -m 0644 "$f" "$root/usr/lib/udev/rules.d/$base" ;;
+            *sshd*.conf) install -D -m 0644 "$f" "$root/etc/ssh/sshd_config.d/${base#sshd-}" ;;
+            *journald*.conf) install -D -m 0644 "$f" "$root/usr/lib/systemd/journald.conf.d/$base" ;;
+            *timesyncd*.conf) install -D -m 0644 "$f" "$root/usr/lib/systemd/timesyncd.conf.d/$base" ;;
+            *.service | *.socket | *.timer | *.target | *.path)
+                install -D -m 0644 "$f" "$sysd/$base"
+                if grep -q '^WantedBy=\|^RequiredBy=' "$f"; then
+                    case "$base" in
+                        *@.service)
+                            if grep -q '^DefaultInstance=' "$f"; then enable+=("$base")
+                            elif [[ $base == *console* ]]; then enable+=("${base%@.service}@tty1.service")
+                            fi ;;
+                        *) enable+=("$base") ;;
+                    esac
+                fi ;;
+            *.conf) echo "   (not installed: systemd/$base — unknown kind)" ;;
+            *) echo "   (not installed: systemd/$base)" ;;
+        esac
+    done
+    # The appliance listens on the DICOM port 104 unless the unit already says otherwise.
+    if ! grep -q -- '--port' "$sysd/dicom-appliance.service"; then
+        install -D -m 0644 /dev/stdin "$sysd/dicom-appliance.service.d/10-port.conf" <<EOF
+[Service]
+ExecStart=
+ExecStart=$venv/bin/dicom-appliance serve --port 104
+EOF
+    fi
+    install -D -m 0644 "$here/files/80-dhcp.network" "$root/etc/systemd/network/80-dhcp.network"
+    install -D -m 0644 "$here/files/fstab" "$root/etc/fstab"
+    install -D -m 0644 "$here/files/dicom-appliance-smoke.service" "$sysd/dicom-appliance-smoke.service"
+    install -D -m 0755 "$here/files/dicom-appliance-smoke" "$root/usr/libexec/dicom-appliance-smoke"
+    install -d -m 0755 "$root/data" "$root/var/lib/dicom-appliance"
+    echo "dicom-appliance" >"$root/etc/hostname"
+    in_chroot "$root" systemd-sysusers
+    in_chroot "$root" systemctl enable systemd-networkd.service systemd-timesyncd.service \
+        ssh.service "${enable[@]}"
+    echo "   enabled: ${enable[*]}"
+}
+
+# Runs as mmdebstrap's customize hook: $1 is the root, /proc /sys /dev are mounted there.
+customize() {
+    local root="$1" wheels="$2"
+    echo "== appliance into $venv"
+    rm -rf "$root/tmp/wheels"
+    cp -a "$wheels" "$root/tmp/wheels"
+    in_chroot "$root" python3 -m venv "$venv"
+    in_chroot "$root" "$venv/bin/pip" install --quiet --no-index --no-deps --require-hashes \
+        --no-compile -r /tmp/wheels/python.lock --find-links /tmp/wheels/deps
+    in_chroot "$root" sh -c "$venv/bin/pip install --quiet --no-index --no-deps /tmp/wheels/project/*.whl"
+    in_chroot "$root" "$venv/bin/python" -m compileall -q -j 0 "$venv/lib" >/dev/null || true
+    # pip itself is not needed at run time
+    in_chroot "$root" "$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
+    ln -sf "$venv/bin/dicom-appliance" "$root/usr/local/bin/dicom-appliance"
+    ln -sf "$venv/bin/dicom-console" "$root/usr/local/bin/dicom-console"
+    grep -qx /usr/local/bin/dicom-console "$root/etc/shells" || echo /usr/local/bin/dicom-console >>"$root/etc/shells"
+    rm -rf "$root/tmp/wheels"
+    echo "== units and system files"
+    install_units "$root"
+    # machine identity is made on first boot; ssh host keys too (sshd-keygen below)
+    rm -f "$root"/etc/ssh/ssh_host_*
+    install -D -m 0644 /dev/stdin "$root/etc/systemd/system/ssh.service.d/10-hostkeys.conf" <<'EOF'
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+EOF
+    : >"$root/etc/machine-id"
+    rm -f "$root/var/lib/dbus/machine-id"
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
+    rm -f "$root/etc/apt/preferences.d/image-lock.pref"
+}
+
+# --- disk image -------------------------------------------------------------------------------
+
+mib() { echo $(($1 * 1024 * 1024)); }
+
+assemble_image() {
+    local root="$1" out="$2"
+    local used root_mib data_mib=256
+    used="$(du -sm --apparent-size "$root" | cut -f1)"
+    root_mib=$(((used * 130 / 100 + 63) / 64 * 64))
+    echo "== disk image: root file system ${used} MiB used, root partitions ${root_mib} MiB each"
+    local stage="$out/stage"
+    rm -rf "$stage" && mkdir -p "$stage/data/dicom-appliance"
+    mkfs.ext4 -q -F -L root-a -E root_owner=0:0 -d "$root" "$stage/root-a.ext4" "${root_mib}M"
+    mkfs.ext4 -q -F -L data -d "$stage/data" "$stage/data.ext4" "${data_mib}M"
+    local img="$out/appliance.img" s_boot=2048 s_root_a s_root_b s_data total
+    s_root_a=$((s_boot + 2048))
+    s_root_b=$((s_root_a + root_mib * 2048))
+    s_data=$((s_root_b + root_mib * 2048))
+    total=$(((s_data + data_mib * 2048 + 2048) * 512))
+    rm -f "$img"
+    truncate -s "$total" "$img"
+    sfdisk --quiet --no-reread --no-tell-kernel "$img" <<EOF
+label: gpt
+start=$s_boot, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios-boot
+start=$s_root_a, size=$((root_mib * 2048)), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root-a
+start=$s_root_b, size=$((root_mib * 2048)), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root-b
+start=$s_data, size=$((data_mib * 2048)), type=0FC63DAF-8483-4772-8E79-3D47DE477284, name=data
+EOF
+    dd if="$stage/root-a.ext4" of="$img" bs=1M seek=$((s_root_a / 2048)) conv=notrunc,sparse status=none
+    dd if="$stage/data.ext4" of="$img" bs=1M seek=$((s_data / 2048)) conv=notrunc,sparse status=none
+    rm -rf "$stage"
+    cp "$(ls "$root"/boot/vmlinuz-* | tail -n1)" "$out/vmlinuz"
+    cp "$(ls "$root"/boot/initrd.img-* | tail -n1)" "$out/initrd.img"
+    echo "root=LABEL=root-a rw console=tty1 console=ttyS0 quiet" >"$out/cmdline"
+}
+
+check_debian_lock() {
+    local root="$1" out="$2" lock="$here/lock/debian.lock"
+    in_chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' | sort >"$out/packages.txt"
+    if [ "$update_lock" = 1 ] || [ ! -s "$lock" ]; then
+        {
+            echo "# Debian packages of the image's root file system ($suite, amd64): name version."
+            echo "# Written by image-build/build.sh --update-lock; a build installs exactly these."
+            cat "$out/packages.txt"
+        } >"$lock"
+        echo "== wrote $lock ($(wc -l <"$out/packages.txt") packages)"
+    elif ! diff -u <(grep -v '^#' "$lock") "$out/packages.txt" >"$out/lock.diff"; then
+        echo "the Debian package set differs from image-build/lock/debian.lock:" >&2
+        cat "$out/lock.diff" >&2
+        echo "(a locked version is gone from the mirror, or the package list changed;" \
+            "rerun with --update-lock to accept)" >&2
+        exit 1
+    fi
+}
+
+main() {
+    out="$here/out"
+    update_lock=0
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --out) out="$2"; shift 2 ;;
+            --update-lock) update_lock=1; shift ;;
+            --customize) customize "$2" "$3"; return ;;
+            -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}"; return ;;
+            *) echo "unknown argument: $1" >&2; exit 2 ;;
+        esac
+    done
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "build.sh runs as root (mmdebstrap --mode=root, chroot)" >&2
+        exit 1
+    fi
+    mkdir -p "$out"
+    out="$(cd "$out" && pwd)"
+    local start=$SECONDS
+    build_wheelhouse "$out/wheels"
+    local prefs="$out/debian-lock.pref"
+    : >"$prefs"
+    if [ "$update_lock" = 0 ] && [ -s "$here/lock/debian.lock" ]; then debian_pins >"$prefs"; fi
+    echo "== root file system ($suite, mmdebstrap minbase)"
+    build_rootfs "$out/rootfs" "$out/wheels" "$prefs"
+    check_debian_lock "$out/rootfs" "$out"
+    assemble_image "$out/rootfs" "$out"
+    local img="$out/appliance.img"
+    echo "== built $img in $((SECONDS - start)) s"
+    echo "   image size $(($(stat -c %s "$img") / 1024 / 1024)) MiB" \
+        "(allocated $(($(du -k "$img" | cut -f1) / 1024)) MiB)," \
+        "root file system $(du -sm "$out/rootfs" | cut -f1) MiB," \
+        "kernel+initrd $(($(stat -c %s "$out/vmlinuz") / 1024 / 1024 + $(stat -c %s "$out/initrd.img") / 1024 / 1024)) MiB"
+}
+
+main "$@"
