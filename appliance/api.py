@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from appliance import __version__, browse
 from appliance.anon_api import AnonOperations
 from appliance.archive import INDEX_FILE, Archive
+from appliance.backup_api import BackupOperations
 from appliance.config import ConfigError, ConfigStore, Node, Settings
 from appliance.control import ApiError, Caller, ControlServer
 from appliance.job_engine import JobEngine
@@ -167,6 +168,7 @@ class Operations:
         AnonOperations(
             data_dir=self.data_dir, config=self.config, archive=self.archive, engine=self.engine
         ).register(control)
+        BackupOperations(data_dir=self.data_dir, engine=self.engine).register(control)
 
     # --- status --------------------------------------------------------------------------
 

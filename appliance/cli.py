@@ -16,7 +16,9 @@ from appliance import (
     anonymize_cli,
     audit,
     audit_cli,
+    backup_cli,
     commitment_cli,
+    first_boot,
     jobs_cli,
     media_cli,
     print_cli,
@@ -149,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     media_cli.add_parsers(commands, common)
     sign_cli.add_parsers(commands, common)
     tls_cli.add_parsers(commands, common)
+    first_boot.add_parsers(commands, common)
     audit_cli.add_parsers(commands, common)
     anonymize_cli.add_parsers(commands, common)
     anon_profile_cli.add_parsers(commands, common)
+    backup_cli.add_parsers(commands, common)
     return parser
 
 
@@ -318,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return jobs_cli.run(args, data_dir)
     if args.command in sign_cli.COMMANDS:
         return sign_cli.run(args, data_dir)
+    if args.command in backup_cli.COMMANDS:
+        return backup_cli.run(args, data_dir)
 
     try:
         store = ConfigStore(data_dir)
@@ -354,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return media_cli.run(args, store)
             if args.command in tls_cli.COMMANDS:
                 return tls_cli.run(args, store)
+            if args.command in first_boot.COMMANDS:
+                return first_boot.run(args, store)
             if args.command in anonymize_cli.COMMANDS:
                 return anonymize_cli.run(args, store)
             if args.command in anon_profile_cli.COMMANDS:
