@@ -33,6 +33,7 @@ from appliance.qr_scp import FindService
 from appliance.retrieve_scp import RetrieveService
 from appliance.routing import Router
 from appliance.sd_notify import sd_notify
+from appliance.watchdog import Watchdog
 
 LOG = logging.getLogger("appliance.daemon")
 
@@ -175,15 +176,17 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         archive.close()
         store.close()
 
+    # WATCHDOG=1 only while the threads these start calls begin are running.
+    watchdog = Watchdog.from_environment()
     # The control socket comes up before the DICOM port, so whoever sees the port can ask it.
     try:
-        control.start()
+        watchdog.watch_threads("control API", control.start, "ControlAccept")
     except ControlSocketError as exc:
         LOG.error("cannot open the control socket: %s", exc)
         close_stores()
         return 1
     try:
-        server.start()
+        watchdog.watch_threads("DICOM listener", server.start, "AcceptorServer", "TLSAcceptor")
     except OSError as exc:
         LOG.error("cannot listen on %s:%d: %s", settings.bind_address, settings.port, exc)
         control.stop()
@@ -191,7 +194,7 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
         return 1
     if print_server is not None:
         try:
-            print_server.start()
+            watchdog.watch_threads("print listener", print_server.start, "AcceptorServer")
         except OSError as exc:
             LOG.error(
                 "cannot listen for print on %s:%d: %s",
@@ -205,8 +208,8 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
             return 1
     # Reports left undelivered by the last run go out now; jobs left running are queued again.
     commitment.start(server)
-    engine.start()
-    router.start()
+    watchdog.watch_threads("job scheduler", engine.start, "job-scheduler")
+    watchdog.watch_threads("auto-routing", router.start, "Router")
     drive_watcher.start()
 
     LOG.info("ready: data folder %s, %d instances archived", data_dir, archive.count())
@@ -214,8 +217,9 @@ def serve(data_dir: Path, *, port: int | None = None, ae_title: str | None = Non
     sd_notify(f"READY=1\nSTATUS=listening as {settings.ae_title} on port {server.port}")
     # Wake up now and then: a signal delivered to one of pynetdicom's threads would not
     # interrupt a wait without timeout in the main thread, and the handler would never run.
+    # The loop also proves the services alive to systemd's watchdog.
     while not stop.wait(timeout=0.5):
-        pass
+        watchdog.tick()
     sd_notify("STOPPING=1")
     drive_watcher.stop()
     router.stop()
