@@ -29,6 +29,9 @@ file listed in the manifest with the right size and SHA-256, and the configurati
 then writes into a private folder inside the data folder and renames each top-level file or
 section folder into place. What it replaces (only with ``force``) is moved to
 ``pre-restore-<date>/`` in the data folder, not deleted.
+
+A backup is audited as an Export (110106) naming the file, a restore as an Import (110107) in
+the restored trail.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DATA_PREFIX = "data"
 MANIFEST_MAX_BYTES = 16 * 2**20
+# A member is read whole into memory: the largest one a restore accepts.
+MEMBER_MAX_BYTES = 2**32
 BACKUP_MODE = 0o600
 FOLDER_MODE = 0o700
 # Staging folder of backups the daemon makes (``backup.create``), inside the data folder.
@@ -492,7 +497,7 @@ def _walk_archive(
         listed: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
         for member, rel in _members(tar):
-            if member.size > (MANIFEST_MAX_BYTES if rel is None else 2**40):
+            if member.size > (MANIFEST_MAX_BYTES if rel is None else MEMBER_MAX_BYTES):
                 raise BackupError(f"refused: member {member.name!r} is too large")
             handle = tar.extractfile(member)
             data = handle.read() if handle is not None else b""
@@ -644,3 +649,72 @@ def _install(data_dir: Path, staging: Path, restored: list[str]) -> Path | None:
     if aside is not None:
         fsync_dir(aside)
     return aside
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def audit_backup(
+    data_dir: Path, destination: Path | str, manifest: Manifest | None, error: str = ""
+) -> None:
+    """Export (110106): the state (with the TLS key and the pseudonym mapping) left in a file."""
+    from appliance import audit
+
+    if manifest is not None:
+        outcome, description = (
+            "success",
+            f"appliance state backup to {destination}: {manifest.summary()}",
+        )
+    else:
+        outcome, description = "serious", f"appliance state backup to {destination} failed: {error}"
+    audit.emit(
+        "export",
+        outcome=outcome,
+        description=description,
+        participants=[
+            audit.actor() or audit.os_user(),
+            audit.Participant(
+                user_id=Path(destination).absolute().as_uri(),
+                role="destination-media",
+                media_type="uri",
+            ),
+        ],
+        local_role="source",
+        objects=[_state_object(data_dir)],
+    )
+
+
+def audit_restore(data_dir: Path, source: Path, result: RestoreResult) -> None:
+    """Import (110107), recorded in the restored trail: the state came from a backup file."""
+    from appliance import audit
+
+    doc = result.manifest
+    description = (
+        f"appliance state restored from {source} (made {doc.get('created')} on "
+        f"{doc.get('host')}): {len(doc['files'])} files, {', '.join(result.restored)}"
+    )
+    if result.moved_aside is not None:
+        description += f"; the state before is in {result.moved_aside}"
+    audit.emit(
+        "import",
+        description=description,
+        participants=[
+            audit.actor() or audit.os_user(),
+            audit.Participant(
+                user_id=Path(source).absolute().as_uri(), role="source-media", media_type="uri"
+            ),
+        ],
+        local_role="destination",
+        objects=[_state_object(data_dir)],
+    )
+
+
+def _state_object(data_dir: Path) -> Any:
+    from appliance import audit
+
+    return audit.ParticipantObject(
+        object_id=Path(data_dir).absolute().as_uri(),
+        id_type=audit.URI_TYPE,
+        role=audit.ROLE_SECURITY_RESOURCE,
+        name="Appliance state (configuration, keys, pseudonym mapping)",
+    )

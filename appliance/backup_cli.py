@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance import audit
 from appliance.backup import (
     BackupError,
+    audit_backup,
+    audit_restore,
     create_backup,
     daemon_running,
     restore_backup,
@@ -66,7 +69,7 @@ def _backup_through_daemon(data_dir: Path, destination: Path) -> dict[str, Any]:
         with ControlClient(
             control_socket_path(data_dir), role="service", timeout=DAEMON_TIMEOUT
         ) as client:
-            answer = client.call("backup.create")
+            answer = client.call("backup.create", destination=str(destination))
     except ApiError as exc:
         raise BackupError(f"the daemon refused the backup: {exc.message}") from None
     except DaemonUnavailable as exc:
@@ -78,11 +81,20 @@ def _backup_through_daemon(data_dir: Path, destination: Path) -> dict[str, Any]:
 
 def cmd_backup(args: argparse.Namespace, data_dir: Path) -> int:
     destination = args.file.absolute()
+    if not data_dir.is_dir():
+        raise BackupError(f"there is no data folder at {data_dir}")
     if daemon_running(data_dir):
         manifest = _backup_through_daemon(data_dir, destination)
         how = "made by the running daemon"
     else:
-        manifest = create_backup(data_dir, destination).as_dict()
+        _audit_to(data_dir)
+        try:
+            made = create_backup(data_dir, destination)
+        except BackupError as exc:
+            audit_backup(data_dir, destination, None, str(exc))
+            raise
+        audit_backup(data_dir, destination, made)
+        manifest = made.as_dict()
         how = "read from the data folder (no daemon running)"
     if args.json:
         print(json.dumps(manifest, indent=2))
@@ -107,6 +119,8 @@ def cmd_restore(args: argparse.Namespace, data_dir: Path) -> int:
         )
         return 0
     result = restore_backup(data_dir, args.file, force=args.force)
+    _audit_to(data_dir)  # the restored trail, with the restored settings
+    audit_restore(data_dir, args.file, result)
     manifest = result.manifest
     print(
         f"restored {len(manifest['files'])} files ({', '.join(result.restored)}) into "
@@ -118,6 +132,22 @@ def cmd_restore(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
+def _audit_to(data_dir: Path) -> None:
+    """Audit into the data folder's trail (with its settings: syslog forwarding)."""
+    from appliance.audit_cli import configure_sink
+    from appliance.config import ConfigError, ConfigStore
+
+    try:
+        store = ConfigStore(data_dir)
+    except (ConfigError, OSError):
+        audit.configure(data_dir, None)
+        return
+    try:
+        configure_sink(data_dir, store)
+    finally:
+        store.close()
+
+
 def run(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         if args.command == "backup":
@@ -126,3 +156,5 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        audit.shutdown()

@@ -41,6 +41,10 @@ def tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+def audit_text(data_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted((data_dir / "audit").glob("audit-*.log")))
+
+
 def test_round_trip_through_a_running_daemon_and_the_restored_daemon_runs_the_queued_job(
     daemon_factory, tmp_path
 ):
@@ -89,10 +93,13 @@ def test_round_trip_through_a_running_daemon_and_the_restored_daemon_runs_the_qu
         for what in ("config show", "node list", "printer list")
     }
     daemon.kill()
+    # The daemon recorded the backup as an Export naming where the file went.
+    assert f"appliance state backup to {backup}" in audit_text(source)
 
     target = tmp_path / "fresh" / "data"
     result = cli(target, "restore", str(backup))
     assert result.returncode == 0, result.stderr
+    assert f"appliance state restored from {backup}" in audit_text(target)
     for what, text in before.items():
         after = cli(target, *what.split(), "--json")
         assert after.returncode == 0, after.stderr
@@ -151,6 +158,10 @@ def test_backup_without_a_daemon_and_restore_over_existing_state_needs_force(tmp
     result = cli(source, "backup", str(backup))
     assert result.returncode == 0, result.stderr
     assert "no daemon running" in result.stdout
+    assert "appliance state backup to" in audit_text(source)
+    missing = cli(tmp_path / "none", "backup", str(tmp_path / "x.tar.gz"))
+    assert missing.returncode == 1 and "no data folder" in missing.stderr
+    assert not (tmp_path / "none").exists()
     assert mode(backup) == 0o600  # replaced by a new 0600 file
     check = cli(target, "restore", "--check", str(backup))
     assert check.returncode == 0 and "a good backup" in check.stdout
