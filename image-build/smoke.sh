@@ -177,10 +177,10 @@ if wait_echo 180; then
 else
     fail "echoscu: no answer within 180 s"
 fi
-if /usr/bin/storescu -aec APPLIANCE 127.0.0.1 "$p104" "$work"/study/*.dcm >"$work/storescu.log" 2>&1; then
+if /usr/bin/storescu -v -to 30 -ta 30 -td 60 -aec APPLIANCE 127.0.0.1 "$p104" "$work"/study/*.dcm >"$work/storescu.log" 2>&1; then
     ok "storescu stored a study (2 instances)"
 else
-    fail "storescu: $(tail -n 3 "$work/storescu.log")"
+    fail "storescu (exit $?): $(tail -n 5 "$work/storescu.log")"
 fi
 check_report 1
 ssh_console xterm-256color
