@@ -1,7 +1,8 @@
 """De-identification engine: PS3.15 Basic Application Level Confidentiality Profile and options.
 
 ``Anonymizer(profile, pseudonyms).anonymize(ds)`` returns a new dataset (the input is left
-untouched) with every attribute of Table E.1-1 (``appliance.deid_table``) handled as the profile's
+untouched; ``in_place=True`` edits the input instead, for callers that read it only for this)
+with every attribute of Table E.1-1 (``appliance.deid_table``) handled as the profile's
 options say, at every sequence depth, plus the list of changes for the preview table and, when a
 pixel policy is given, why the pixels hold the object back. ``preview`` is the same without
 touching the pseudonym store (a dry run).
@@ -31,12 +32,14 @@ Choices where the standard leaves room (written into the conformance statement t
   clean burned-in graphics text, so Clean Graphics keeps only the Graphic Annotation Sequence
   (cleaned); Clean Graphics is still claimed when chosen since nothing uncleaned remains.
 * Patient's Name and Patient ID (Z) get the project's pseudonyms (the patterns of the profile).
+* Attributes kept unchanged are not decoded: they are written back byte for byte as received.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import re
@@ -46,9 +49,11 @@ from typing import Any, Protocol
 
 from pydicom import Dataset
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from appliance import deid_table
 from appliance.deid_table import METHOD_CODES, OPTIONS, TABLE_SOURCE
@@ -73,6 +78,20 @@ DUMMY_DATETIME = "19000101000000"
 
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN"})
 _DATE_VRS = frozenset({"DA", "DT", "TM"})
+_TEXT_OR_DATE_VRS = _TEXT_VRS | _DATE_VRS
+# VRs an attribute the table does not list can be changed for (``Anonymizer._unlisted``): any
+# other is kept as it is, so its value is not even converted. Text counts only in items walked
+# in dummy or scrub mode.
+_UNLISTED_VRS = frozenset({"SQ", "UI", "PN"}) | _DATE_VRS
+_UNLISTED_VRS_TEXT = _UNLISTED_VRS | _TEXT_VRS
+# A raw (undecoded) element whose VR is one of these is known not to change once its VR is
+# known; any other (None from an implicit VR file, UN, "OB or OW"...) is decoded first, since
+# decoding settles its VR.
+_KEPT_RAW = frozenset(
+    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
+     "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UR",
+     "US", "UT", "UV"}
+)  # fmt: skip
 # Code Sequence Macro attributes: codes carry no identity and must survive dummying/cleaning.
 _CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119, 0x00080120})
 # File Meta attributes that name the sending/receiving systems.
@@ -212,6 +231,13 @@ class AnonymizeResult:
         return str(self.dataset.get("SOPInstanceUID", ""))
 
 
+def _text_of(ds: Dataset, tag: int) -> str:
+    """The value of ``tag`` as text ("" when absent or empty)."""
+    if tag not in ds._dict:
+        return ""
+    return str(ds[tag].value or "")
+
+
 def _fmt_tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
@@ -229,10 +255,70 @@ def _show(elem: DataElement) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_registered_uid(value: str) -> bool:
     # Registered DICOM UIDs (SOP classes, transfer syntaxes, coding schemes...) carry no identity.
     uid = UID(value)
     return value.startswith("1.2.840.10008.") or uid.name != value
+
+
+@functools.lru_cache(maxsize=8192)
+def _new_uid(key: bytes, uid: str) -> str:
+    # The same study and series UIDs come with every image of a series: computed once.
+    digest = hmac.new(key, b"uid\x00" + uid.encode(), hashlib.sha256).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+@functools.lru_cache(maxsize=256)
+def _sop_class_family(sop_class: str) -> tuple[bool, bool]:
+    """(enhanced, RT) for a SOP Class UID, from its name."""
+    name = UID(sop_class).name if sop_class else ""
+    return any(word in name for word in _ENHANCED_WORDS), name.startswith("RT ")
+
+
+def _copy_value(value: Any) -> Any:
+    # Values the engine replaces but never changes inside (PersonName included) are shared.
+    if value is None or isinstance(value, str | bytes | int | float | tuple | PersonName):
+        return value
+    if isinstance(value, Sequence | MultiValue):
+        new = copy.copy(value)
+        items = value._list
+        new._list = (
+            [_copy_dataset(i) for i in items] if isinstance(value, Sequence) else list(items)
+        )
+        return new
+    return copy.deepcopy(value)
+
+
+def _copy_dataset(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` the engine may edit without touching ``ds``: a new dictionary of
+    elements, raw (still undecoded, immutable) elements shared, decoded ones copied, sequence
+    items copied at every depth, the file meta copied. Much cheaper than ``copy.deepcopy``
+    of the whole object, which copies every element and value."""
+    new = ds.__class__.__new__(ds.__class__)
+    state = new.__dict__
+    for key, value in ds.__dict__.items():
+        if key == "_dict":
+            value = {tag: _copy_element(elem) for tag, elem in value.items()}
+        elif key == "_private_blocks":
+            value = {}  # a cache whose blocks point at their dataset
+        elif isinstance(value, Dataset):
+            value = _copy_dataset(value)
+        elif isinstance(value, dict | list):
+            value = copy.copy(value)
+        elif key == "_pixel_array" and value is not None:
+            value = value.copy()
+        state[key] = value
+    return new
+
+
+def _copy_element(elem: DataElement | RawDataElement) -> DataElement | RawDataElement:
+    if isinstance(elem, RawDataElement):
+        return elem
+    new = elem.__class__.__new__(elem.__class__)
+    new.__dict__.update(elem.__dict__)
+    new._value = _copy_value(elem._value)
+    return new
 
 
 def _shift_date(value: str, days: int) -> str:
@@ -274,13 +360,10 @@ class _Run:
         self.dry_run = dry_run
         self.changes: list[Change] = []
         self.key = self.store.project_key(self.profile.project)
-        self.patient_id = str(source.get("PatientID", "") or "")
-        self.patient_name = str(source.get("PatientName", "") or "")
-        self.birth_date = str(source.get("PatientBirthDate", "") or "")
-        sop_class = source.get("SOPClassUID", "")
-        name = UID(str(sop_class)).name if sop_class else ""
-        self.enhanced = any(word in name for word in _ENHANCED_WORDS)
-        self.rt = name.startswith("RT ")
+        self.patient_id = _text_of(source, _PATIENT_ID)
+        self.patient_name = _text_of(source, _PATIENT_NAME)
+        self.birth_date = _text_of(source, 0x00100030)
+        self.enhanced, self.rt = _sop_class_family(_text_of(source, 0x00080016))
         self._shift: int | None = None
         self._pseudonyms: dict[tuple[str, str], tuple[str, str]] = {}
         self.tokens = self._identifying_strings(source)
@@ -290,8 +373,7 @@ class _Run:
     # --- values ------------------------------------------------------------------------------
 
     def new_uid(self, uid: str) -> str:
-        digest = hmac.new(self.key, b"uid\x00" + uid.strip().encode(), hashlib.sha256).digest()
-        return "2.25." + str(int.from_bytes(digest[:16], "big"))
+        return _new_uid(self.key, uid.strip())
 
     def shift_days(self) -> int:
         if self._shift is None:
@@ -332,14 +414,18 @@ class _Run:
                         found.add(part)
 
         def walk(d: Dataset) -> None:
-            for elem in d:
-                if elem.VR == "SQ":
-                    for item in elem.value or []:
+            # Straight over the stored elements: values are converted only where they are read
+            # (a raw element's VR is final when it is in _KEPT_RAW).
+            elements = d._dict
+            for tag in sorted(elements):
+                vr = elements[tag].VR
+                if vr not in _KEPT_RAW:
+                    vr = d[tag].VR
+                if vr == "SQ":
+                    for item in d[tag].value or []:
                         walk(item)
-                elif elem.VR == "PN" or (
-                    int(elem.tag) in _IDENTIFYING and elem.VR in _TEXT_VRS | _DATE_VRS
-                ):
-                    add(elem.value)
+                elif vr == "PN" or (tag in _IDENTIFYING and vr in _TEXT_OR_DATE_VRS):
+                    add(d[tag].value)
 
         walk(ds)
         # Longest first so a full name goes before its parts.
@@ -393,14 +479,19 @@ class Anonymizer:
         # Row action per tag for this profile, computed once.
         self._actions = {tag: row.action(profile.options) for tag, row in deid_table.BY_TAG.items()}
         self._private_action = deid_table.PRIVATE_ROW.action(profile.options)
+        self._marks = self._mark_elements()
 
     # --- public ------------------------------------------------------------------------------
 
-    def anonymize(self, ds: Dataset, *, pixels_confirmed: bool = False) -> AnonymizeResult:
-        return self._run(ds, dry_run=False, pixels_confirmed=pixels_confirmed)
+    def anonymize(
+        self, ds: Dataset, *, pixels_confirmed: bool = False, in_place: bool = False
+    ) -> AnonymizeResult:
+        """The anonymized object. ``in_place``: ``ds`` itself is edited and returned (for a
+        caller that read it only to anonymize it); otherwise ``ds`` is left as it was."""
+        return self._run(ds, dry_run=False, pixels_confirmed=pixels_confirmed, in_place=in_place)
 
     def preview(self, ds: Dataset) -> AnonymizeResult:
-        return self._run(ds, dry_run=True, pixels_confirmed=False)
+        return self._run(ds, dry_run=True, pixels_confirmed=False, in_place=False)
 
     def method_codes(self) -> list[tuple[str, str]]:
         """CID 7050 (code value, meaning) for what this profile applies."""
@@ -411,9 +502,13 @@ class Anonymizer:
 
     # --- engine ------------------------------------------------------------------------------
 
-    def _run(self, source: Dataset, *, dry_run: bool, pixels_confirmed: bool) -> AnonymizeResult:
-        run = _Run(self, source, dry_run=dry_run)
-        ds = copy.deepcopy(source)
+    def _run(
+        self, source: Dataset, *, dry_run: bool, pixels_confirmed: bool, in_place: bool
+    ) -> AnonymizeResult:
+        ds = source if in_place else _copy_dataset(source)
+        original_study_uid = str(ds.get("StudyInstanceUID", ""))
+        original_sop_instance_uid = str(ds.get("SOPInstanceUID", ""))
+        run = _Run(self, ds, dry_run=dry_run)
         held = self._pixels(ds, run, pixels_confirmed)
         if held is None and "clean_pixel_data" in self.profile.options and self.pixel_policy:
             try:
@@ -428,8 +523,8 @@ class Anonymizer:
             dataset=ds,
             changes=run.changes,
             held=held,
-            original_study_uid=str(source.get("StudyInstanceUID", "")),
-            original_sop_instance_uid=str(source.get("SOPInstanceUID", "")),
+            original_study_uid=original_study_uid,
+            original_sop_instance_uid=original_sop_instance_uid,
         )
 
     def _pixels(self, ds: Dataset, run: _Run, confirmed: bool) -> str | None:
@@ -469,19 +564,25 @@ class Anonymizer:
         return None
 
     def _walk(self, ds: Dataset, run: _Run, *, path: str, mode: str) -> None:
-        for elem in list(ds):
-            tag = int(elem.tag)
+        elements = ds._dict
+        changeable = _UNLISTED_VRS if mode == "normal" else _UNLISTED_VRS_TEXT
+        for tag in sorted(elements):
             if tag >> 16 == 0x0002:
                 continue
+            stored = elements.get(tag)
+            if stored is None:
+                continue  # removed with Patient ID / Name by an override
             override = self.overrides.get(tag)
             if override is not None:
-                self._apply_override(ds, elem, override, run, path)
+                self._apply_override(ds, ds[tag], override, run, path)
                 continue
             action = self._action_for(tag)
             if action is None:
-                self._unlisted(ds, elem, run, path, mode)
+                if stored.VR in _KEPT_RAW and stored.VR not in changeable:
+                    continue  # kept as it is: not decoded, written back unchanged
+                self._unlisted(ds, ds[tag], run, path, mode)
                 continue
-            self._apply(ds, elem, action, run, path, mode)
+            self._apply(ds, ds[tag], action, run, path, mode)
 
     def _apply_override(
         self,
@@ -727,41 +828,52 @@ class Anonymizer:
                 elem = meta[tag]
                 run.note(elem, "remove", _show(elem), "", "")
                 del meta[tag]
-        if "MediaStorageSOPInstanceUID" in meta and "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        # Media Storage SOP Instance UID follows the (new) SOP Instance UID.
+        if 0x00020003 in meta._dict and _SOP_INSTANCE_UID in ds._dict:
+            meta[0x00020003].value = ds[_SOP_INSTANCE_UID].value
 
     def _mark(self, ds: Dataset, run: _Run) -> None:
         """Patient Identity Removed, De-identification Method and its code sequence, and the
         Longitudinal Temporal Information Modified attribute: what was applied, exactly."""
+        for template, shown in self._marks:
+            tag = template.tag
+            if tag in ds._dict:  # already marked (a copy anonymized again)
+                elem = ds[tag]
+                elem.value = _copy_value(template.value)
+                shown = _show(elem)
+            else:
+                elem = _copy_element(template)
+                ds[tag] = elem
+            run.note(elem, "add", "", shown, "")
+
+    def _mark_elements(self) -> list[tuple[DataElement, str]]:
+        """What ``_mark`` adds, built once per profile (copied into each object), with the
+        text the change list shows for each."""
         codes = self.method_codes()
-        ds.PatientIdentityRemoved = "YES"
         method = [meaning for _, meaning in codes]
         if self.profile.overrides:
             method.append(f"Site profile {self.profile.name}: {len(self.profile.overrides)} "
                           "attribute override(s)"[:64])  # fmt: skip
-        ds.DeidentificationMethod = method
         items = []
         for value, meaning in codes:
             item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            item[0x00080100] = DataElement(0x00080100, "SH", value)  # Code Value
+            item[0x00080102] = DataElement(0x00080102, "SH", "DCM")  # Coding Scheme Designator
+            item[0x00080104] = DataElement(0x00080104, "LO", meaning)  # Code Meaning
             items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
         if "retain_long_full_dates" in self.options:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            longitudinal = "UNMODIFIED"
         elif "retain_long_modified_dates" in self.options:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            longitudinal = "MODIFIED"
         else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
-        for keyword in (
-            "PatientIdentityRemoved",
-            "DeidentificationMethod",
-            "DeidentificationMethodCodeSequence",
-            "LongitudinalTemporalInformationModified",
-        ):
-            elem = ds[keyword]
-            run.note(elem, "add", "", _show(elem), "")
+            longitudinal = "REMOVED"
+        elements = [
+            DataElement(0x00120062, "CS", "YES"),  # Patient Identity Removed
+            DataElement(0x00120063, "LO", method),  # De-identification Method
+            DataElement(0x00120064, "SQ", Sequence(items)),  # ... Method Code Sequence
+            DataElement(0x00280303, "CS", longitudinal),  # Longitudinal Temporal Inf. Modified
+        ]
+        return [(elem, _show(elem)) for elem in elements]
 
 
 # UIDs that name classes and schemes, not instances: never replaced.

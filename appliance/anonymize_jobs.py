@@ -205,24 +205,39 @@ class Worker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def anonymize(self, ds: Dataset) -> Outcome:
-        source = str(ds.get("SOPInstanceUID", "") or "")
+    def anonymize(self, ds: Dataset, *, in_place: bool = False) -> Outcome:
+        """``in_place``: ``ds`` was read only for this and may be edited into the copy (no
+        copy of the object is made)."""
+        source = _attr_text(ds, _SOP_INSTANCE_UID)
         outcome = Outcome(
             source_uid=source,
-            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
-            sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
+            study_uid=_attr_text(ds, _STUDY_UID),
+            sop_class_uid=_attr_text(ds, _SOP_CLASS_UID),
         )
         with self.lock:
-            result = self.anonymizer.anonymize(ds, pixels_confirmed=source in self.confirmed)
+            result = self.anonymizer.anonymize(
+                ds, pixels_confirmed=source in self.confirmed, in_place=in_place
+            )
         if result.held:
             outcome.held = held_reason(result.held)
             return outcome
         new = result.dataset
         outcome.dataset = new
-        outcome.new_uid = str(new.get("SOPInstanceUID", "") or "")
-        outcome.new_study_uid = str(new.get("StudyInstanceUID", "") or "")
-        outcome.sop_class_uid = str(new.get("SOPClassUID", "") or outcome.sop_class_uid)
+        outcome.new_uid = _attr_text(new, _SOP_INSTANCE_UID)
+        outcome.new_study_uid = _attr_text(new, _STUDY_UID)
+        outcome.sop_class_uid = _attr_text(new, _SOP_CLASS_UID) or outcome.sop_class_uid
         return outcome
+
+
+_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_UID = 0x00080016, 0x00080018, 0x0020000D
+
+
+def _attr_text(ds: Dataset, tag: int) -> str:
+    """An attribute's value as text, "" when absent or empty (``str(ds.get(kw, "") or "")``
+    without the keyword lookup)."""
+    if tag not in ds._dict:
+        return ""
+    return str(ds[tag].value or "")
 
 
 def held_reason(why: str) -> str:
@@ -245,16 +260,28 @@ def transfer_syntax_of(ds: Dataset, fallback: str = ExplicitVRLittleEndian) -> s
 
 
 def encode_dataset(ds: Dataset) -> tuple[bytes, str]:
-    """The data set's bytes (no File Meta) in its transfer syntax, and that syntax."""
-    from pynetdicom.dsutils import encode
+    """The data set's bytes (no File Meta) in its transfer syntax, and that syntax. (What
+    pynetdicom's ``encode`` does, without importing pynetdicom: a CLI run need not load it.)"""
+    from pydicom.filebase import DicomBytesIO
 
     ts = transfer_syntax_of(ds)
-    implicit = ts == ImplicitVRLittleEndian
-    little = ts != ExplicitVRBigEndian
-    encoded = encode(ds, implicit, little)
-    if encoded is None:
-        raise ValueError("the anonymized data set cannot be encoded")
-    return encoded, ts
+    buffer = DicomBytesIO()
+    _write_encoded(buffer, ds, ts)
+    return buffer.parent.getvalue(), ts
+
+
+def _write_encoded(fp: Any, ds: Dataset, ts: str) -> None:
+    """``ds`` (no File Meta) encoded in ``ts`` onto ``fp``, a pydicom DicomFileLike."""
+    from pydicom.filewriter import write_dataset
+
+    fp.is_implicit_VR = ts == ImplicitVRLittleEndian
+    fp.is_little_endian = ts != ExplicitVRBigEndian
+    try:
+        write_dataset(fp, ds)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise ValueError("the anonymized data set cannot be encoded") from exc
 
 
 def store_copy(archive: Archive, outcome: Outcome) -> None:
@@ -288,7 +315,7 @@ def anonymize_record(worker: Worker, archive: Archive, record: InstanceRecord) -
     except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
         return Outcome(record.sop_instance_uid, error=f"cannot read {record.path.name}: {exc}")
     try:
-        outcome = worker.anonymize(ds)
+        outcome = worker.anonymize(ds, in_place=True)  # read for this alone
     except Exception as exc:  # noqa: BLE001 - a malformed object fails alone, logged
         LOG.exception("anonymize: %s failed", record.sop_instance_uid)
         return Outcome(record.sop_instance_uid, study_uid=record.study_uid, error=str(exc))
@@ -822,21 +849,45 @@ def write_part10(path: Path, ds: Dataset) -> None:
     same folder and renamed, so a reader never sees half a file. Not fsynced one by one (ten
     times the cost of the rest on ext4): ``sync_folder`` makes a whole run durable at its end.
     """
+    from pydicom.filebase import DicomFileLike
+
     from appliance.archive import encode_file_meta
     from appliance.fileio import PARTIAL_SUFFIX
 
-    encoded, ts = encode_dataset(ds)
-    head = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "")
+    ts = transfer_syntax_of(ds)
+    head = encode_file_meta(_peek(ds, 0x00080016), _peek(ds, _SOP_INSTANCE_UID), ts, "")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(head)
-            handle.write(encoded)
+            # Encoded straight into the file: no in-memory copy of the whole object first.
+            _write_encoded(DicomFileLike(handle), ds, ts)
+            handle.flush()
+            if hasattr(os, "posix_fadvise"):
+                # Start writing it out now (Linux starts writeback for DONTNEED), so the one
+                # sync at the end finds little left to wait for; the copy is not read again.
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _peek(ds: Dataset, tag: int) -> str:
+    """An attribute's value as text, read without decoding it in ``ds``: a still raw element
+    is then written as it came, exactly as if it had not been looked at."""
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+
+    elem = ds.get_item(tag)
+    if elem is None:  # as ds.<keyword> says it
+        raise AttributeError(
+            f"'{type(ds).__name__}' object has no attribute '{keyword_for_tag(tag)}'"
+        )
+    if isinstance(elem, RawDataElement):
+        elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+    return str(elem.value)
 
 
 def sync_folder(folder: Path) -> None:
@@ -890,10 +941,11 @@ def anonymize_files(
             if "SOPInstanceUID" not in ds or "DirectoryRecordSequence" in ds:
                 report.skipped.append((shown, "not a composite object (a DICOMDIR?)"))
                 continue
+            source_uid = str(ds.get("SOPInstanceUID", ""))
             try:
-                outcome = worker.anonymize(ds)
+                outcome = worker.anonymize(ds, in_place=True)  # read for this alone
             except Exception as exc:  # noqa: BLE001 - one bad file fails alone
-                outcome = Outcome(str(ds.get("SOPInstanceUID", "")), error=str(exc))
+                outcome = Outcome(source_uid, error=str(exc))
             outcome.path = shown
             if outcome.ok:
                 assert outcome.dataset is not None

@@ -448,3 +448,94 @@ def test_pixels_hold_until_cleaned_or_confirmed():
     assert cleaned.dataset.BurnedInAnnotation == "NO"
     codes = [i.CodeValue for i in cleaned.dataset.DeidentificationMethodCodeSequence]
     assert codes == ["113100", "113101"]
+
+
+# --- in place and copying give the same bytes ----------------------------------------------------
+
+
+def _bytes(ds: Dataset) -> bytes:
+    import io
+
+    from pydicom import dcmwrite
+
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    return buffer.getvalue()
+
+
+def _as_read(ds: Dataset) -> Dataset:
+    """``ds`` written and read back: undecoded (raw) elements, as the job runner sees them."""
+    import io
+
+    from pydicom import dcmread
+
+    return dcmread(io.BytesIO(_bytes(ds)), force=True)
+
+
+def _nested_source() -> Dataset:
+    ds = planted()
+    ds.PatientID = "PID-NESTED"
+    ds.PatientName = "NESTED^PATIENT"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.997.1"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.997.2"
+    inner = Dataset()
+    inner.PersonName = "DEEP^NAME"
+    inner.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.10.997.3"
+    inner.add_new(0x00291010, "LO", "PRIVATE PHI")
+    middle = Dataset()
+    middle.ReferencedImageSequence = Sequence([inner])
+    middle.InstitutionName = "GENERAL HOSPITAL"
+    middle.ImageComments = "seen by NESTED^PATIENT"
+    ds.SourceImageSequence = Sequence([middle])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.add_new(0x00090010, "LO", "ACME")
+    ds.add_new(0x00091001, "LO", "PRIVATE TOP")
+    return ds
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        BASIC,
+        Profile(options=frozenset({"retain_long_modified_dates", "clean_descriptors"})),
+        Profile(options=frozenset(o for o in OPTIONS if o != "retain_long_full_dates")),
+        Profile(overrides={"PatientID": "keep", "StudyDescription": "replace:X"}),
+    ],
+    ids=["basic", "dates-descriptors", "all-options", "overrides"],
+)
+@pytest.mark.parametrize("raw", [False, True], ids=["decoded", "as-read"])
+def test_in_place_and_copying_give_the_same_bytes_and_copying_leaves_the_input(
+    profile: Profile, raw: bool
+) -> None:
+    def source() -> Dataset:
+        return _as_read(_nested_source()) if raw else _nested_source()
+
+    store = FakeStore()
+    engine = Anonymizer(profile, store)
+    original = source()
+    before = _bytes(source())
+    copied = engine.anonymize(original)
+    assert copied.dataset is not original
+    assert _bytes(original) == before  # the input is left as it was, at every depth
+    assert original == source()
+    assert original.SourceImageSequence[0].ReferencedImageSequence[0].PersonName == "DEEP^NAME"
+
+    edited = source()
+    in_place = engine.anonymize(edited, in_place=True)
+    assert in_place.dataset is edited
+    assert _bytes(in_place.dataset) == _bytes(copied.dataset)
+    assert in_place.changes == copied.changes
+    originals = ("1.2.826.0.1.3680043.10.997.1", "1.2.826.0.1.3680043.10.997.2")
+    for result in (copied, in_place):
+        assert (result.original_study_uid, result.original_sop_instance_uid) == originals
+    # The copy can be changed without reaching back into the input.
+    copied.dataset.SourceImageSequence[0].ImageComments = "changed"
+    copied.dataset.ImageType = ["DERIVED"]
+    assert _bytes(original) == before
+
+
+def test_preview_never_edits_its_input() -> None:
+    ds = _as_read(_nested_source())
+    before = _bytes(ds)
+    Anonymizer(BASIC, FakeStore()).preview(ds)
+    assert _bytes(ds) == before
