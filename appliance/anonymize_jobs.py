@@ -404,7 +404,15 @@ def normalise_params(params: dict[str, Any], config: ConfigStore) -> dict[str, A
     studies = _uids(params.get("study_uids"), "study_uids")
     if not studies:
         raise AnonymizeError("nothing to anonymize: give at least one study")
-    profile = profile_config(config, params.get("profile")).name
+    stored = profile_config(config, params.get("profile"))
+    if "retain_uids" in stored.options:
+        # The copy would carry the original's SOP Instance UIDs: stored in the archive it would
+        # replace the original (or be dropped as a duplicate and the original sent instead).
+        raise AnonymizeError(
+            f"profile {stored.name} retains UIDs: its copies cannot go into the archive beside "
+            "the originals; use it on files (anonymize --input DIR --output DIR)"
+        )
+    profile = stored.name
     clean: dict[str, Any] = {"study_uids": studies, "profile": profile}
     send = params.get("send")
     if send not in (None, ""):
