@@ -14,11 +14,12 @@ install_system_packages() {
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update
     # dcmtk, orthanc and dicom3tools are the real DICOM peers the tests talk to; qpdf and
-    # poppler-utils are the independent readers that check the film preview PDFs.
+    # poppler-utils are the independent readers that check the film preview PDFs; ssh-keygen and
+    # the libraries of the unpacked sshd (below) check the console's SSH drop-in.
     $sudo apt-get install -y --no-install-recommends \
         python3 python3-venv python3-pip python3-dev gcc \
         dcmtk orthanc dicom3tools xorriso tmux sqlite3 ca-certificates procps iproute2 systemd \
-        qpdf poppler-utils
+        qpdf poppler-utils openssh-client libwrap0
     # The orthanc package enables a system-wide server; tests start their own instances.
     if [ -d /run/systemd/system ]; then
         $sudo systemctl disable --now orthanc.service >/dev/null 2>&1 || true
@@ -33,8 +34,23 @@ install_python_packages() {
     "$venv/bin/python" -m pip install --quiet -e "$repo[test]"
 }
 
+# The tests check the console's sshd drop-in with `sshd -T`. The server package is unpacked, not
+# installed, so testing never starts an SSH server on this machine.
+unpack_sshd_for_tests() {
+    local into="$venv/openssh-server"
+    if [ ! -x "$into/usr/sbin/sshd" ]; then
+        local download
+        download="$(mktemp -d)"
+        (cd "$download" && apt-get download openssh-server >/dev/null)
+        dpkg -x "$download"/openssh-server_*.deb "$into"
+        rm -rf "$download"
+    fi
+    export SSHD="$into/usr/sbin/sshd"
+}
+
 run_tests() {
     cd "$repo"
+    unpack_sshd_for_tests
     "$venv/bin/ruff" check "$repo"
     # pytest exits 5 when it collects nothing; set -e turns that into a failure too.
     "$venv/bin/python" -m pytest -n 2 --durations=15 "$@"
