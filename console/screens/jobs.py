@@ -55,10 +55,10 @@ KIND_FILTERS: tuple[str, ...] = (
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("id", "ID", 5),
     ("state", "State", 16),
-    ("kind", "Kind", 8),
+    ("kind", "Kind", 9),
     ("target", "Target", 12),
     ("progress", "Progress", 16),
-    ("study", "Patient / study", 24),
+    ("study", "Patient / study", 23),
     ("attempts", "Att", 3),
     ("next_retry", "Next retry", 10),
 )
