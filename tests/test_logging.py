@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from appliance.dicom_classes import VERIFICATION_SOP_CLASS
 from tests.factories import write_ct_series
@@ -16,12 +17,27 @@ def _lines_with(log: str, text: str) -> list[str]:
     return [line for line in log.splitlines() if text in line]
 
 
+def _settled_log(daemon, *calling_ae_titles: str) -> str:
+    """The daemon's log once each peer's association-closed line is in it: a DICOM tool exits
+    as soon as it has sent its release or abort, and the daemon logs the close a moment later."""
+    deadline = time.monotonic() + 10
+    while True:
+        log = daemon.log()
+        closed = [
+            any(word in line for line in _lines_with(log, ae) for word in ("released", "aborted"))
+            for ae in calling_ae_titles
+        ]
+        if all(closed) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
+
+
 def test_one_line_per_released_association_with_peer_and_address(daemon, tmp_path):
     assert echoscu(daemon, calling="ECHOLOG").returncode == 0
     paths = write_ct_series(tmp_path / "in", 2)
     assert storescu(daemon, paths, calling="STORELOG").returncode == 0
 
-    log = daemon.log()
+    log = _settled_log(daemon, "ECHOLOG", "STORELOG")
     [echo_line] = _lines_with(log, "ECHOLOG")
     assert ADDRESS.search(echo_line) and "released" in echo_line
     [store_line] = _lines_with(log, "STORELOG")
@@ -37,7 +53,7 @@ def test_aborted_association_is_logged_once(daemon):
     assoc.abort()
     assert echoscu(daemon).returncode == 0  # by now the abort has been handled
 
-    [line] = _lines_with(daemon.log(), "ABORTLOG")
+    [line] = _lines_with(_settled_log(daemon, "ABORTLOG"), "ABORTLOG")
     assert ADDRESS.search(line) and "aborted" in line
 
 
@@ -55,7 +71,7 @@ def test_every_failed_store_is_logged_with_peer_instance_and_status(daemon_facto
     paths = write_ct_series(tmp_path / "in", 3)
     storescu(daemon, paths, "-nh", calling="FAILLOG")
 
-    log = daemon.log()
+    log = _settled_log(daemon, "FAILLOG")
     failures = [line for line in _lines_with(log, "FAILLOG") if "0xA700" in line]
     assert len(failures) == 3, log
     for path, line in zip(paths, failures, strict=True):
