@@ -3,9 +3,12 @@
 #
 #   image-build/build.sh [--out DIR] [--update-lock]
 #
-# Output in DIR (default image-build/out): appliance.img (GPT: bios-boot, root-a, root-b, data),
-# vmlinuz, initrd.img and cmdline beside it (for a direct-kernel boot), rootfs/ (the root tree,
-# kept for `systemd-analyze verify --root=`), packages.txt (the Debian package list).
+# Output in DIR (default image-build/out): appliance.img (GPT: bios-boot, root-a, data), vmlinuz,
+# initrd.img and cmdline beside it (for a direct-kernel boot), rootfs/ (the root tree, kept for
+# `systemd-analyze verify --root=`), packages.txt (the Debian package list). On its first boot on
+# a larger disk, systemd-repart (files/repart.d) adds root-b, as large as root-a, for A/B updates,
+# and grows the data partition to the end of the disk; the image itself stays small. The disk
+# must be at least the image plus one root partition.
 #
 # Locks (image-build/lock/): debian.lock pins every Debian package of the root file system
 # ("name version"), python.lock pins every wheel of the virtual environment with its sha256
@@ -167,6 +170,20 @@ EOF
     fi
     install -D -m 0644 "$here/files/80-dhcp.network" "$root/etc/systemd/network/80-dhcp.network"
     install -D -m 0644 "$here/files/fstab" "$root/etc/fstab"
+    # root-b and the data partition's growth on the first boot, before any local file system
+    # (the data partition's check and mount) is started
+    install -D -m 0644 /dev/stdin "$sysd/systemd-repart.service.d/10-appliance.conf" <<'EOF'
+[Unit]
+Before=local-fs-pre.target
+Wants=local-fs-pre.target
+EOF
+    # DICOM needs no routable address to listen: one configured interface is enough, and a box
+    # without a cable starts its services after 20 s instead of two minutes
+    install -D -m 0644 /dev/stdin "$sysd/systemd-networkd-wait-online.service.d/10-appliance.conf" <<'EOF'
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=20
+EOF
     install -D -m 0644 "$here/files/dicom-appliance-smoke.service" "$sysd/dicom-appliance-smoke.service"
     install -D -m 0755 "$here/files/dicom-appliance-smoke" "$root/usr/libexec/dicom-appliance-smoke"
     install -d -m 0755 "$root/data" "$root/var/lib/dicom-appliance"
@@ -196,12 +213,17 @@ customize() {
     rm -rf "$root/tmp/wheels"
     echo "== units and system files"
     install_units "$root"
-    # machine identity is made on first boot; ssh host keys too (sshd-keygen below)
+    # machine identity is made on first boot; ssh host keys too: Ed25519 and ECDSA only (an RSA
+    # key takes a quarter of a minute of a slow box's first boot, and no client needs it)
     rm -f "$root"/etc/ssh/ssh_host_*
+    install -D -m 0644 /dev/stdin "$root/etc/ssh/sshd_config.d/05-host-keys.conf" <<'EOF'
+HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ecdsa_key
+EOF
     install -D -m 0644 /dev/stdin "$root/etc/systemd/system/ssh.service.d/10-hostkeys.conf" <<'EOF'
 [Service]
 ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do k=/etc/ssh/ssh_host_$${t}_key; [ -s "$$k" ] || /usr/bin/ssh-keygen -q -t "$$t" -N "" -f "$$k" || exit 1; done'
 ExecStartPre=/usr/sbin/sshd -t
 EOF
     : >"$root/etc/machine-id"
@@ -220,14 +242,19 @@ assemble_image() {
     used="$(du -sm --apparent-size "$root" | cut -f1)"
     root_mib=$(((used * 130 / 100 + 63) / 64 * 64))
     echo "== disk image: root file system ${used} MiB used, root partitions ${root_mib} MiB each"
+    local f
+    for f in "$here"/files/repart.d/*.conf; do
+        sed "s/@ROOT_MIB@/$root_mib/g" "$f" | install -D -m 0644 /dev/stdin "$root/usr/lib/repart.d/$(basename "$f")"
+    done
     local stage="$out/stage"
     rm -rf "$stage" && mkdir -p "$stage/data/dicom-appliance"
     mkfs.ext4 -q -F -L root-a -E root_owner=0:0 -d "$root" "$stage/root-a.ext4" "${root_mib}M"
     mkfs.ext4 -q -F -L data -d "$stage/data" "$stage/data.ext4" "${data_mib}M"
-    local img="$out/appliance.img" s_boot=2048 s_root_a s_root_b s_data total
+    # GPT types: BIOS boot, root (x86-64) and Linux data of the Discoverable Partitions
+    # Specification, which systemd-repart matches its repart.d definitions against
+    local img="$out/appliance.img" s_boot=2048 s_root_a s_data total
     s_root_a=$((s_boot + 2048))
-    s_root_b=$((s_root_a + root_mib * 2048))
-    s_data=$((s_root_b + root_mib * 2048))
+    s_data=$((s_root_a + root_mib * 2048))
     total=$(((s_data + data_mib * 2048 + 2048) * 512))
     rm -f "$img"
     truncate -s "$total" "$img"
@@ -235,8 +262,7 @@ assemble_image() {
 label: gpt
 start=$s_boot, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios-boot
 start=$s_root_a, size=$((root_mib * 2048)), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root-a
-start=$s_root_b, size=$((root_mib * 2048)), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root-b
-start=$s_data, size=$((data_mib * 2048)), type=0FC63DAF-8483-4772-8E79-3D47DE477284, name=data
+start=$s_data, size=$((data_mib * 2048)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=data
 EOF
     dd if="$stage/root-a.ext4" of="$img" bs=1M seek=$((s_root_a / 2048)) conv=notrunc,sparse status=none
     dd if="$stage/data.ext4" of="$img" bs=1M seek=$((s_data / 2048)) conv=notrunc,sparse status=none
@@ -273,7 +299,7 @@ main() {
             --out) out="$2"; shift 2 ;;
             --update-lock) update_lock=1; shift ;;
             --customize) customize "$2" "$3"; return ;;
-            -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}"; return ;;
+            -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}"; return ;;
             *) echo "unknown argument: $1" >&2; exit 2 ;;
         esac
     done

@@ -7,7 +7,8 @@
 #   image-build/smoke.sh [--out DIR] [--kvm] [--no-reboot]
 #
 # DIR is the build's output (default image-build/out). The built image is not modified: the test
-# boots a sparse copy. Ports 104 and 22 are forwarded to free loopback ports; the guest's report
+# boots a sparse copy, 3 GiB larger, like a box's disk: the first boot adds root-b and grows the
+# data partition into it (systemd-repart), past the daemon's 1 GB disk reserve. Ports 104 and 22 are forwarded to free loopback ports; the guest's report
 # comes on its second serial port (dicom-appliance-smoke.service, started only by the kernel
 # command line of a test boot). Needs qemu-system-x86_64, dcmtk (echoscu, storescu), ssh,
 # python3 with pydicom (to write the test study).
@@ -42,6 +43,7 @@ ok() { echo "ok   $*"; }
 fail() { echo "FAIL $*"; failures=$((failures + 1)); }
 
 cp --sparse=always "$out/appliance.img" "$work/disk.img"
+truncate -s +3G "$work/disk.img"
 ssh-keygen -q -t ed25519 -N "" -f "$work/key"
 key_b64="$(base64 -w0 "$work/key.pub")"
 read -r p104 p22 < <(python3 -c '
@@ -129,23 +131,55 @@ check_report() {
     fi
     [ "$(report "$n" daemon)" = active ] && ok "boot $n: dicom-appliance.service active" ||
         fail "boot $n: dicom-appliance.service $(report "$n" daemon)"
-    local failed
+    local failed system
     failed="$(report "$n" failed | xargs)"
-    [ -z "$failed" ] && ok "boot $n: no failed unit (system $(report "$n" system))" ||
-        fail "boot $n: failed units: $failed"
-    echo "     boot $n: $(report "$n" errors) error lines in the journal, data on $(report "$n" data-mount)"
+    system="$(report "$n" system)"
+    [ -z "$failed" ] && ok "boot $n: no failed unit" || fail "boot $n: failed units: $failed"
+    [ "$system" = running ] && ok "boot $n: system running" || fail "boot $n: system $system"
+    echo "     boot $n: $(report "$n" errors) error lines in the journal, data on" \
+        "$(report "$n" data-mount) ($(report "$n" data-size)); partitions $(report "$n" partitions)"
+    echo "     boot $n: $(report "$n" boot-time)"
     grep '^SMOKE \(err\|unit\):' "$work/smoke$n.log" | sed 's/^/     /' || true
 }
 
-power_off() {
-    echo "system_powerdown" | python3 -c '
-import socket, sys
+monitor() {
+    # one command to qemu's human monitor; waits for the next prompt, so that the command is
+    # taken before the connection closes
+    python3 - "$work/monitor" "$1" <<'PY' || true
+import socket
+import sys
+
 s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
 s.connect(sys.argv[1])
-s.sendall(sys.stdin.buffer.read())
-' "$work/monitor" || true
+seen = b""
+
+
+def until_prompt():
+    global seen
+    while not seen.endswith(b"(qemu) "):
+        data = s.recv(4096)
+        if not data:
+            return
+        seen += data
+
+
+until_prompt()
+seen = b""
+s.sendall(sys.argv[2].encode() + b"\n")
+until_prompt()
+s.close()
+PY
+}
+
+power_off() {
+    # the ACPI power button, pressed again every 30 s if the guest missed it
     local i=0
-    while kill -0 "$qemu_pid" 2>/dev/null && [ $i -lt 150 ]; do sleep 1; i=$((i + 1)); done
+    while kill -0 "$qemu_pid" 2>/dev/null && [ $i -lt 150 ]; do
+        if [ $((i % 30)) -eq 0 ]; then monitor system_powerdown; fi
+        sleep 1
+        i=$((i + 1))
+    done
     if kill -0 "$qemu_pid" 2>/dev/null; then
         fail "the guest did not power off within 150 s"
         kill "$qemu_pid"

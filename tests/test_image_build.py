@@ -5,6 +5,7 @@ The full build and the qemu boot (image-build/build.sh, image-build/smoke.sh) ar
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -31,6 +32,79 @@ def test_shellcheck():
     paths = [str(IMAGE_BUILD / s) for s in SCRIPTS]
     result = subprocess.run(["shellcheck", "-S", "warning", *paths], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+# GPT partition types of the Discoverable Partitions Specification, which systemd-repart matches
+DPS_TYPES = {
+    "bios-boot": "21686148-6449-6E6F-744E-656564454649",
+    "root-a": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",  # root, x86-64
+    "data": "0FC63DAF-8483-4772-8E79-3D69D8477DE4",  # Linux file system data
+}
+
+
+def _image_partitions() -> dict[str, str]:
+    text = (IMAGE_BUILD / "build.sh").read_text()
+    return {
+        name: guid.upper()
+        for guid, name in re.findall(r"type=([0-9A-Fa-f-]{36}), name=([a-z-]+)", text)
+    }
+
+
+def test_image_partitions_have_the_discoverable_types():
+    assert _image_partitions() == DPS_TYPES
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-repart") is None or shutil.which("sfdisk") is None,
+    reason="needs systemd-repart and sfdisk",
+)
+def test_first_boot_repart_adds_root_b_and_grows_data(tmp_path):
+    """The image's layout, scaled down, on a larger disk: repart.d as build.sh installs it."""
+    root_mib, data_mib = 64, 32
+    definitions = tmp_path / "repart.d"
+    definitions.mkdir()
+    for conf in sorted((IMAGE_BUILD / "files/repart.d").glob("*.conf")):
+        text = conf.read_text().replace("@ROOT_MIB@", str(root_mib))
+        (definitions / conf.name).write_text(text)
+    image = tmp_path / "disk.img"
+    types = _image_partitions()
+    layout = "label: gpt\n" + "".join(
+        f"size={size}MiB, type={types[name]}, name={name}\n"
+        for name, size in (("bios-boot", 1), ("root-a", root_mib), ("data", data_mib))
+    )
+    with image.open("wb") as f:
+        f.truncate((2 + root_mib + data_mib + 2) * 2**20)
+    subprocess.run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(image)],
+        input=layout,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    with image.open("r+b") as f:
+        f.truncate(f.seek(0, 2) + 512 * 2**20)
+    result = subprocess.run(
+        [
+            "systemd-repart",
+            "--dry-run=no",
+            f"--definitions={definitions}",
+            "--no-pager",
+            str(image),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
+    mib = {p["name"]: p["size"] * 512 // 2**20 for p in table["partitions"]}
+    assert mib["bios-boot"] == 1
+    assert mib["root-a"] == root_mib, "root-a is left as it is"
+    assert mib["root-b"] == root_mib, "root-b is as large as root-a"
+    assert mib["data"] > data_mib + 400, "the data partition takes the rest of the disk"
 
 
 def _entries(path: Path) -> list[str]:
