@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Boot the built image under qemu (software emulation) and check it from outside, like a scanner
 # and a technologist would: DCMTK echoscu and storescu on the DICOM port, an SSH login that lands
-# in the console, no failed unit; then a clean power-off and a second boot that still holds the
-# stored study.
+# in the console, no failed unit, the boot finished ("running"); then a clean power-off and a
+# second boot that still holds the stored study and the queued (paused) send job.
 #
 #   image-build/smoke.sh [--out DIR] [--kvm] [--no-reboot]
 #
@@ -217,6 +217,8 @@ else
     fail "storescu (exit $?): $(tail -n 5 "$work/storescu.log")"
 fi
 check_report 1
+[ "$(report 1 jobs)" -ge 1 ] 2>/dev/null && ok "a send job queued and paused (job $(report 1 job))" ||
+    fail "no job queued on the first boot (job '$(report 1 job)', $(report 1 jobs) active)"
 ssh_console xterm-256color
 ssh_console linux
 power_off
@@ -229,6 +231,9 @@ if [ "$reboot" = 1 ]; then
     instances="$(report 2 instances)"
     [ "${instances:-0}" -ge 2 ] && ok "the stored study survived the reboot ($instances instance files)" ||
         fail "after the reboot the archive holds ${instances:-0} instance files"
+    jobs="$(report 2 jobs)"
+    [ "${jobs:-0}" -ge 1 ] && ok "the queued job survived the reboot ($jobs active, job $(report 2 job))" ||
+        fail "after the reboot the queue holds ${jobs:-0} active jobs (job $(report 2 job))"
     power_off
 fi
 
