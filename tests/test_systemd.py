@@ -179,6 +179,8 @@ def test_console_unit_takes_tty1_from_getty():
         "User=console",
         "Environment=TERM=linux LANG=C.UTF-8 DICOM_APPLIANCE_DATA=/var/lib/dicom-appliance",
         "StandardInput=tty-force",
+        # Textual draws on stderr: the screen goes to the terminal, not into the journal.
+        "StandardError=inherit",
         "DefaultInstance=tty1",
     ):
         assert line in unit, line
