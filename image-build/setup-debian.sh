@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the appliance from this checkout on a fresh Debian machine, then run it or test it.
 #   image-build/setup-debian.sh run    install, start the daemon on a local data folder, open the console
-#   image-build/setup-debian.sh test   install, then run the whole test suite (what CI runs)
+#   image-build/setup-debian.sh test   install, run the whole test suite, then build the appliance
+#                                      image and boot it under qemu (what CI runs)
 set -euo pipefail
 
 mode="${1:-run}"
@@ -77,6 +78,19 @@ run_appliance() {
     exec "$venv/bin/dicom-console" --data-dir "$data"
 }
 
+# The appliance image: built from Debian's packages and booted under qemu, checked from outside
+# (image-build/smoke.sh). Part of the test run; needs root.
+install_image_tools() {
+    $sudo apt-get install -y --no-install-recommends \
+        mmdebstrap qemu-system-x86 fdisk e2fsprogs openssh-client
+}
+
+run_image_smoke_test() {
+    install_image_tools
+    $sudo "$repo/image-build/build.sh"
+    $sudo "$repo/image-build/smoke.sh"
+}
+
 case "$mode" in
     run)
         install_system_packages
@@ -88,6 +102,7 @@ case "$mode" in
         install_system_packages
         install_python_packages
         run_tests "$@"
+        run_image_smoke_test
         ;;
     *)
         echo "usage: $0 run|test" >&2
