@@ -78,16 +78,16 @@ run_appliance() {
     exec "$venv/bin/dicom-console" --data-dir "$data"
 }
 
-# The appliance image: built from Debian's packages and booted under qemu, checked from outside
-# (image-build/smoke.sh). Part of the test run; needs root.
-install_image_tools() {
+# The appliance image: built from Debian's packages before the suite (whose checks read the built
+# root: package set, `systemd-analyze verify --root=`), then booted under qemu and checked from
+# outside (image-build/smoke.sh). Part of the test run; needs root.
+build_image() {
     $sudo apt-get install -y --no-install-recommends \
-        mmdebstrap qemu-system-x86 fdisk e2fsprogs openssh-client
+        mmdebstrap qemu-system-x86 fdisk e2fsprogs openssh-client shellcheck
+    $sudo "$repo/image-build/build.sh"
 }
 
 run_image_smoke_test() {
-    install_image_tools
-    $sudo "$repo/image-build/build.sh"
     $sudo "$repo/image-build/smoke.sh"
 }
 
@@ -101,6 +101,7 @@ case "$mode" in
         shift || true
         install_system_packages
         install_python_packages
+        build_image
         run_tests "$@"
         run_image_smoke_test
         ;;

@@ -24,12 +24,8 @@ from pydicom.uid import generate_uid
 
 from appliance.anonymize import BASIC, Anonymizer
 from appliance.deid_table import ROWS
+from appliance.pseudonyms import PseudonymStore
 from tests.factories import ct_dataset
-
-try:
-    from appliance.pseudonyms import PseudonymStore
-except ImportError:  # pragma: no cover - until the store lands
-    PseudonymStore = None  # type: ignore[assignment,misc]
 
 DCIODVFY = "/usr/bin/dciodvfy"
 CORPUS_FILES = [
@@ -46,11 +42,6 @@ PLANTED_UID_ROOT = "1.2.826.0.1.3680043.10.99"
 
 @pytest.fixture
 def store(tmp_path: Path):
-    if PseudonymStore is None:
-        from tests.test_anonymize_engine import FakeStore
-
-        yield FakeStore()
-        return
     s = PseudonymStore(tmp_path / "data")
     yield s
     s.close()
@@ -254,8 +245,6 @@ def test_uid_references_stay_consistent_across_a_three_series_study(store) -> No
 
 
 def test_rerun_maps_to_the_same_uids_and_pseudonym(tmp_path: Path) -> None:
-    if PseudonymStore is None:
-        pytest.skip("appliance.pseudonyms not available")
     objects = three_series_study()
     other = ct_dataset(patient_id="MRN999", patient_name="OTHER^PATIENT")
     with PseudonymStore(tmp_path / "data") as first_store:

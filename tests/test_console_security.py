@@ -319,17 +319,6 @@ async def test_studies_show_the_signature_state_when_the_daemon_reports_it() -> 
 # --- against the daemon -----------------------------------------------------------------------
 
 
-def tls_ready(client: ApplianceClient) -> bool:
-    """Whether this daemon manages certificates yet (tls.show answers)."""
-    try:
-        client.call("tls.show")
-    except ApiError as error:
-        if error.code in ("unavailable", "unknown-op"):
-            return False
-        raise
-    return True
-
-
 async def unlock(app: ConsoleApp, pilot: Any) -> None:
     await pilot.press("ctrl+u")
     await wait_until(pilot, lambda: isinstance(app.screen, PasswordModal))
@@ -398,9 +387,6 @@ async def test_field_service_makes_a_key_trusts_and_untrusts_a_ca_and_reads_the_
     from tests.tls_helpers import make_ca, write_pem
 
     service = service_client_for_tests(daemon)  # sets the service password
-    if not tls_ready(service):
-        service.close()
-        pytest.skip("this daemon does not manage certificates yet (tls.show)")
     service.close()
     ca = make_ca("Hospital Test CA")
     ca_file = tmp_path / "hospital-ca.pem"
@@ -453,8 +439,6 @@ async def test_field_service_makes_a_key_trusts_and_untrusts_a_ca_and_reads_the_
             pilot,
             lambda: audit.row_count > 0 or "audit log:" in text_of(screen, "#security-message"),
         )
-        if "unknown op" in text_of(screen, "#security-message"):
-            pytest.skip("this daemon does not list the audit log yet (audit.list)")
         await wait_until(pilot, lambda: audit.row_count > 0)
         screen.query_one("#audit-text", Input).value = "security"
         await wait_until(pilot, lambda: 0 < audit.row_count)
