@@ -471,7 +471,11 @@ class JobEngine:
 
     def prune(self) -> int:
         """Remove finished jobs past the retention settings; how many were removed."""
-        settings = self.config.settings()
+        try:
+            settings = self.config.settings()
+        except Exception as exc:  # config.json mid-edit: prune at the next interval instead
+            LOG.error("job history not pruned: configuration unreadable: %s", exc)
+            return 0
         try:
             removed = self.store.prune(
                 max_age_days=settings.job_retention_days,

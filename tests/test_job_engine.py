@@ -476,3 +476,21 @@ def test_old_finished_jobs_are_pruned_at_start(env):
     env.engine()
     assert env.store.get(old_id) is None
     assert env.store.get(fresh_id) is not None
+
+
+def test_an_unreadable_config_at_start_or_at_a_prune_does_not_stop_the_scheduler(env, gate, caplog):
+    # An operator's editor can leave config.json half-written at any moment, also while the
+    # daemon starts or when the job history is pruned.
+    config_file = env.data_dir / "config.json"
+    good = config_file.read_text()
+    config_file.write_text("{ half-edited")
+    engine = env.engine(retention_interval=0.05)
+    assert engine.prune() == 0
+    time.sleep(0.3)  # several periodic prunes while the file is unreadable
+    config_file.write_text(good)
+    assert "job history not pruned: configuration unreadable" in caplog.text
+    engine.register("print", gate)
+    job = printer_job(engine)
+    wait_for(lambda: gate.running(job.id), what="the job to start after the config is fixed")
+    gate.release(job.id)
+    env.wait_state(job.id, "succeeded")
