@@ -17,6 +17,7 @@ from appliance import (
     audit,
     audit_cli,
     backup_cli,
+    boot_slot_cli,
     commitment_cli,
     first_boot,
     jobs_cli,
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     anonymize_cli.add_parsers(commands, common)
     anon_profile_cli.add_parsers(commands, common)
     backup_cli.add_parsers(commands, common)
+    boot_slot_cli.add_parsers(commands, common)
     return parser
 
 
@@ -310,6 +312,8 @@ def cmd_send(args: argparse.Namespace, store: ConfigStore) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in boot_slot_cli.COMMANDS:
+        return boot_slot_cli.run(args)
     data_dir: Path = getattr(args, "data_dir", None) or default_data_dir()
     # SCU associations to TLS nodes use this data folder's key store.
     tls.use_data_dir(data_dir)

@@ -64,11 +64,17 @@ def test_unit_is_hardened_per_systemd_analyze_security():
 
 SYSTEMD = REPO / "systemd"
 VENV_BIN = "opt/dicom-appliance/venv/bin"
-UNITS = ("dicom-appliance.service", "dicom-appliance-first-boot.service", "dicom-console@.service")
+UNITS = (
+    "dicom-appliance.service",
+    "dicom-appliance-first-boot.service",
+    "dicom-appliance-boot-ok.service",
+    "dicom-console@.service",
+)
 # (unit as systemd sees it, the highest exposure allowed: below 2.0 for every unit)
 EXPOSURE_LIMITS = {
     "dicom-appliance.service": 1.9,
     "dicom-appliance-first-boot.service": 1.9,
+    "dicom-appliance-boot-ok.service": 1.9,
     "dicom-console@tty1.service": 1.9,
 }
 
@@ -166,6 +172,30 @@ def test_daemon_unit_keeps_what_the_daemon_needs():
     # udev's drive events come over netlink; the control socket's group needs chown.
     assert "AF_NETLINK" in unit and "SystemCallFilter=fchownat chown fchown lchown" in settings
     assert "PrivateDevices=yes" not in settings  # the optical drives are devices
+
+
+def test_boot_ok_unit_confirms_the_slot_only_after_the_daemon_is_ready():
+    unit = (SYSTEMD / "dicom-appliance-boot-ok.service").read_text()
+    settings = [line for line in unit.splitlines() if line and not line.startswith("#")]
+    for line in (
+        "Requires=dicom-appliance.service",
+        "After=dicom-appliance.service",
+        "ConditionKernelCommandLine=rauc.slot",
+        "RequiresMountsFor=/efi",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "ExecStart=/opt/dicom-appliance/venv/bin/dicom-appliance boot-slot mark-good",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/efi",
+        "CapabilityBoundingSet=",
+        "PrivateNetwork=yes",
+        "WantedBy=multi-user.target",
+    ):
+        assert line in settings, line
+    # The booted slot is read from /proc/cmdline, which ProcSubset=pid would hide.
+    assert not any(line.startswith("ProcSubset=") for line in settings)
+    # It writes the ESP, a root-owned vfat: as root, whatever the daemon runs as.
+    assert not any(line.startswith(("User=", "DynamicUser=")) for line in settings)
 
 
 def test_console_unit_takes_tty1_from_getty():
