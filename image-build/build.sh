@@ -3,12 +3,14 @@
 #
 #   image-build/build.sh [--out DIR] [--update-lock]
 #
-# Output in DIR (default image-build/out): appliance.img (GPT: bios-boot, root-a, data), vmlinuz,
-# initrd.img and cmdline beside it (for a direct-kernel boot), rootfs/ (the root tree, kept for
-# `systemd-analyze verify --root=`), packages.txt (the Debian package list). On its first boot on
-# a larger disk, systemd-repart (files/repart.d) adds root-b, as large as root-a, for A/B updates,
-# and grows the data partition to the end of the disk; the image itself stays small. The disk
-# must be at least the image plus one root partition.
+# Output in DIR (default image-build/out): appliance.img (GPT: bios-boot, esp, root-a, data;
+# GRUB for BIOS and UEFI), vmlinuz, initrd.img and cmdline beside it (for a direct-kernel boot),
+# rootfs/ (the root tree, kept for `systemd-analyze verify --root=`), packages.txt (the Debian
+# package list). The root file system is mounted read-only; /etc, /var, /home and /root are
+# overlays whose changes live on the data partition (files/initramfs). On its first boot on a
+# larger disk, systemd-repart (files/repart.d) adds root-b (partition 5), as large as root-a, for
+# A/B updates, and grows the data partition to the end of the disk; the image itself stays
+# small. The disk must be at least the image plus one root partition.
 #
 # Locks (image-build/lock/): debian.lock pins every Debian package of the root file system
 # ("name version"), python.lock pins every wheel of the virtual environment with its sha256
@@ -16,7 +18,9 @@
 # installs exactly those versions and fails if the package set differs; --update-lock resolves
 # afresh and rewrites both files.
 #
-# Needs: mmdebstrap, e2fsprogs (mkfs.ext4 -d), fdisk (sfdisk), python3 with pip on the host.
+# Needs on the host: mmdebstrap, e2fsprogs (mkfs.ext4 -d), fdisk (sfdisk), dosfstools and mtools
+# (the EFI system partition), grub-common, grub-pc-bin and grub-efi-amd64-bin (grub-mkimage,
+# grub-editenv and GRUB's modules), python3 with pip.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -177,6 +181,12 @@ EOF
 Before=local-fs-pre.target
 Wants=local-fs-pre.target
 EOF
+    # the initramfs mounts the data partition before repart grows it: grow its file system only
+    # after that
+    install -D -m 0644 /dev/stdin "$sysd/systemd-growfs@data.service.d/10-appliance.conf" <<'EOF'
+[Unit]
+After=systemd-repart.service
+EOF
     # DICOM needs no routable address to listen: one configured interface is enough, and a box
     # without a cable starts its services after 20 s instead of two minutes
     install -D -m 0644 /dev/stdin "$sysd/systemd-networkd-wait-online.service.d/10-appliance.conf" <<'EOF'
@@ -226,6 +236,13 @@ ExecStartPre=
 ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do k=/etc/ssh/ssh_host_$${t}_key; [ -s "$$k" ] || /usr/bin/ssh-keygen -q -t "$$t" -N "" -f "$$k" || exit 1; done'
 ExecStartPre=/usr/sbin/sshd -t
 EOF
+    echo "== read-only root: overlays on the data partition from the initramfs"
+    install -D -m 0755 "$here/files/initramfs/hooks/dicom-appliance" \
+        "$root/etc/initramfs-tools/hooks/dicom-appliance"
+    install -D -m 0755 "$here/files/initramfs/scripts/local-bottom/dicom-appliance" \
+        "$root/etc/initramfs-tools/scripts/local-bottom/dicom-appliance"
+    in_chroot "$root" update-initramfs -u -k all >/dev/null
+    install -d -m 0755 "$root/efi"
     : >"$root/etc/machine-id"
     rm -f "$root/var/lib/dbus/machine-id"
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
@@ -236,9 +253,34 @@ EOF
 
 mib() { echo $(($1 * 1024 * 1024)); }
 
+# GRUB's modules, built into its images (nothing is loaded from the disk at boot)
+grub_modules=(part_gpt part_msdos fat ext2 normal linux search search_fs_uuid regexp configfile
+    loadenv test echo serial terminal gzio halt reboot sleep)
+
+make_esp() {
+    # The EFI system partition, written without mounting it: GRUB for UEFI on the removable-media
+    # path (no NVRAM entry needed), GRUB's core for BIOS (installed apart), the menu and the slot
+    # environment block.
+    local esp="$1" esp_mib="$2" uuid="$3" stage="$4"
+    mkdir -p "$stage"
+    printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/grub\n' "$uuid" >"$stage/early.cfg"
+    grub-mkimage -O x86_64-efi -o "$stage/BOOTX64.EFI" -p /grub -c "$stage/early.cfg" \
+        "${grub_modules[@]}" efi_gop efi_uga all_video
+    grub-mkimage -O i386-pc -o "$stage/core.img" -p /grub -c "$stage/early.cfg" \
+        "${grub_modules[@]}" biosdisk
+    grub-script-check "$here/files/grub.cfg"
+    grub-editenv "$stage/grubenv" create
+    grub-editenv "$stage/grubenv" set ORDER="A B" A_OK=1 A_TRY=0 B_OK=0 B_TRY=0
+    rm -f "$esp"
+    mkfs.vfat -C -F 16 -n ESP -i "${uuid/-/}" "$esp" $((esp_mib * 1024)) >/dev/null
+    mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/grub
+    mcopy -i "$esp" "$stage/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+    mcopy -i "$esp" "$here/files/grub.cfg" "$stage/grubenv" ::/grub/
+}
+
 assemble_image() {
     local root="$1" out="$2"
-    local used root_mib data_mib=256
+    local used root_mib data_mib=128 esp_mib=16
     used="$(du -sm --apparent-size "$root" | cut -f1)"
     root_mib=$(((used * 130 / 100 + 63) / 64 * 64))
     echo "== disk image: root file system ${used} MiB used, root partitions ${root_mib} MiB each"
@@ -247,13 +289,21 @@ assemble_image() {
         sed "s/@ROOT_MIB@/$root_mib/g" "$f" | install -D -m 0644 /dev/stdin "$root/usr/lib/repart.d/$(basename "$f")"
     done
     local stage="$out/stage"
-    rm -rf "$stage" && mkdir -p "$stage/data/dicom-appliance"
+    rm -rf "$stage" && mkdir -p "$stage/data/dicom-appliance" "$stage/data/system"
     mkfs.ext4 -q -F -L root-a -E root_owner=0:0 -d "$root" "$stage/root-a.ext4" "${root_mib}M"
     mkfs.ext4 -q -F -L data -d "$stage/data" "$stage/data.ext4" "${data_mib}M"
-    # GPT types: BIOS boot, root (x86-64) and Linux data of the Discoverable Partitions
-    # Specification, which systemd-repart matches its repart.d definitions against
-    local img="$out/appliance.img" s_boot=2048 s_root_a s_data total
-    s_root_a=$((s_boot + 2048))
+    # the ESP's volume id, which GRUB finds it by: fixed per commit, for reproducible images
+    local epoch uuid
+    epoch="$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)"
+    uuid="$(printf '%08X' $((epoch & 0xFFFFFFFF)))"
+    uuid="${uuid:0:4}-${uuid:4:4}"
+    make_esp "$stage/esp.fat" "$esp_mib" "$uuid" "$stage/grub"
+    # GPT types: BIOS boot, EFI system, root (x86-64) and Linux data of the Discoverable
+    # Partitions Specification, which systemd-repart matches its repart.d definitions against.
+    # Partition numbers matter: grub.cfg boots slot A from 3 and slot B from 5 (repart's next).
+    local img="$out/appliance.img" s_boot=2048 s_esp s_root_a s_data total
+    s_esp=$((s_boot + 2048))
+    s_root_a=$((s_esp + esp_mib * 2048))
     s_data=$((s_root_a + root_mib * 2048))
     total=$(((s_data + data_mib * 2048 + 2048) * 512))
     rm -f "$img"
@@ -261,15 +311,19 @@ assemble_image() {
     sfdisk --quiet --no-reread --no-tell-kernel "$img" <<EOF
 label: gpt
 start=$s_boot, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios-boot
+start=$s_esp, size=$((esp_mib * 2048)), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp
 start=$s_root_a, size=$((root_mib * 2048)), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root-a
 start=$s_data, size=$((data_mib * 2048)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=data
 EOF
+    dd if="$stage/esp.fat" of="$img" bs=1M seek=$((s_esp / 2048)) conv=notrunc,sparse status=none
     dd if="$stage/root-a.ext4" of="$img" bs=1M seek=$((s_root_a / 2048)) conv=notrunc,sparse status=none
     dd if="$stage/data.ext4" of="$img" bs=1M seek=$((s_data / 2048)) conv=notrunc,sparse status=none
+    python3 "$here/install-bios-boot.py" "$img" /usr/lib/grub/i386-pc/boot.img \
+        "$stage/grub/core.img" "$s_boot"
     rm -rf "$stage"
     cp "$(ls "$root"/boot/vmlinuz-* | tail -n1)" "$out/vmlinuz"
     cp "$(ls "$root"/boot/initrd.img-* | tail -n1)" "$out/initrd.img"
-    echo "root=LABEL=root-a rw console=tty1 console=ttyS0 quiet" >"$out/cmdline"
+    echo "root=/dev/disk/by-partlabel/root-a rauc.slot=A ro console=tty1 console=ttyS0 panic=10 quiet" >"$out/cmdline"
 }
 
 check_debian_lock() {
@@ -299,7 +353,7 @@ main() {
             --out) out="$2"; shift 2 ;;
             --update-lock) update_lock=1; shift ;;
             --customize) customize "$2" "$3"; return ;;
-            -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}"; return ;;
+            -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}"; return ;;
             *) echo "unknown argument: $1" >&2; exit 2 ;;
         esac
     done

@@ -82,8 +82,11 @@ run_appliance() {
 # root: package set, `systemd-analyze verify --root=`), then booted under qemu and checked from
 # outside (image-build/smoke.sh). Part of the test run; needs root.
 build_image() {
+    # GRUB's -bin packages hold its modules only (the host's own boot loader is not touched);
+    # ovmf is the UEFI firmware for the smoke test's UEFI boot
     $sudo apt-get install -y --no-install-recommends \
-        mmdebstrap qemu-system-x86 fdisk e2fsprogs openssh-client shellcheck
+        mmdebstrap qemu-system-x86 fdisk e2fsprogs openssh-client shellcheck \
+        grub-common grub-pc-bin grub-efi-amd64-bin dosfstools mtools ovmf
     $sudo "$repo/image-build/build.sh"
 }
 

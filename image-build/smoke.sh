@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Boot the built image under qemu (software emulation) and check it from outside, like a scanner
-# and a technologist would: DCMTK echoscu and storescu on the DICOM port, an SSH login that lands
-# in the console, no failed unit, the boot finished ("running"); then a clean power-off and a
-# second boot that still holds the stored study and the queued (paused) send job.
+# Boot the built image under qemu (software emulation) through its own boot loader and check it
+# from outside, like a scanner and a technologist would: DCMTK echoscu and storescu on the DICOM
+# port, an SSH login that lands in the console, no failed unit, the boot finished ("running"), the
+# root file system read-only. Then the A/B slots: the host copies slot A into slot B and switches
+# to it as an update would; the second boot (UEFI firmware) runs slot B, still holds the stored
+# study and the queued (paused) send job, and confirms the slot; a third boot of slot B whose
+# DICOM services never come up is not confirmed, and the fourth boot rolls back to slot A.
 #
 #   image-build/smoke.sh [--out DIR] [--kvm] [--no-reboot]
 #
 # DIR is the build's output (default image-build/out). The built image is not modified: the test
 # boots a sparse copy, 3 GiB larger, like a box's disk: the first boot adds root-b and grows the
-# data partition into it (systemd-repart), past the daemon's 1 GB disk reserve. Ports 104 and 22 are forwarded to free loopback ports; the guest's report
-# comes on its second serial port (dicom-appliance-smoke.service, started only by the kernel
-# command line of a test boot). Needs qemu-system-x86_64, dcmtk (echoscu, storescu), ssh,
-# python3 with pydicom (to write the test study).
+# data partition into it (systemd-repart), past the daemon's 1 GB disk reserve. Ports 104 and 22
+# are forwarded to free loopback ports; the guest's report comes on its second serial port
+# (dicom-appliance-smoke.service, started only by the test's additions to the kernel command line,
+# which the host writes into GRUB's environment block). BIOS boots use qemu's SeaBIOS, the UEFI
+# boot OVMF. Needs qemu-system-x86_64, ovmf, dcmtk (echoscu, storescu), ssh, mtools,
+# grub-editenv, sfdisk, python3 with pydicom (to write the test study).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,8 +31,11 @@ while [ $# -gt 0 ]; do
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
-for tool in qemu-system-x86_64 /usr/bin/echoscu /usr/bin/storescu ssh ssh-keygen; do
-    command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
+ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
+ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
+for tool in qemu-system-x86_64 /usr/bin/echoscu /usr/bin/storescu ssh ssh-keygen mcopy \
+    grub-editenv sfdisk "$ovmf_code" "$ovmf_vars"; do
+    [ -e "$tool" ] || command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
 done
 
 work="$(mktemp -d /tmp/appliance-smoke.XXXXXX)"
@@ -84,15 +92,49 @@ for n in range(1, 3):
     ds.save_as(folder / f"ct{n}.dcm", enforce_file_format=True)
 PY
 
+# --- the disk, from the host's side (between boots) ------------------------------------------
+
+partition_start() {
+    # byte offset of the partition named $1 in the test disk
+    sfdisk --json "$work/disk.img" 2>/dev/null | python3 -c '
+import json, sys
+table = json.load(sys.stdin)["partitiontable"]
+print(*[p["start"] * table.get("sectorsize", 512) for p in table["partitions"] if p.get("name") == sys.argv[1]])
+' "$1"
+}
+
+partition_sectors() {
+    sfdisk --json "$work/disk.img" 2>/dev/null | python3 -c '
+import json, sys
+table = json.load(sys.stdin)["partitiontable"]
+print(*[p["size"] for p in table["partitions"] if p.get("name") == sys.argv[1]])
+' "$1"
+}
+
+grubenv() {
+    # grub-editenv on the block in the disk's EFI system partition: grubenv set A=1 ... | list
+    local esp
+    esp="$work/disk.img@@$(partition_start esp)"
+    mcopy -n -i "$esp" ::/grub/grubenv "$work/grubenv"
+    grub-editenv "$work/grubenv" "$@"
+    if [ "$1" != list ]; then mcopy -o -i "$esp" "$work/grubenv" ::/grub/grubenv; fi
+}
+
+grubvar() { grubenv list | sed -n "s/^$1=//p"; }
+
+test_cmdline="systemd.mask=serial-getty@ttyS0.service systemd.wants=dicom-appliance-smoke.service dicom_smoke.key=$key_b64"
+
 boot() {
-    local n="$1"
+    # boot N bios|uefi
+    local n="$1" firmware="$2" extra=()
     : >"$work/smoke$n.log"
-    local append
-    append="$(cat "$out/cmdline") systemd.mask=serial-getty@ttyS0.service"
-    append+=" systemd.wants=dicom-appliance-smoke.service dicom_smoke.key=$key_b64"
+    if [ "$firmware" = uefi ]; then
+        cp "$ovmf_vars" "$work/ovmf-vars.fd"
+        extra=(-drive "if=pflash,format=raw,readonly=on,file=$ovmf_code"
+            -drive "if=pflash,format=raw,file=$work/ovmf-vars.fd")
+    fi
     qemu-system-x86_64 -accel "$accel" -cpu max -m 1024 -smp 2 -display none -no-reboot \
-        -monitor "unix:$work/monitor,server,nowait" \
-        -kernel "$out/vmlinuz" -initrd "$out/initrd.img" -append "$append" \
+        -monitor "unix:$work/monitor,server,nowait" "${extra[@]}" \
         -drive "file=$work/disk.img,if=virtio,format=raw" \
         -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$p104-:104,hostfwd=tcp:127.0.0.1:$p22-:22" \
         -serial "file:$work/console$n.log" -serial "file:$work/smoke$n.log" &
@@ -121,7 +163,8 @@ wait_report() {
     return 1
 }
 
-report() { sed -n "s/^SMOKE $2=//p" "$work/smoke$1.log" | tr -d '\r' | head -n1; }
+# (the UEFI firmware writes to both serial ports: a report line can follow its output)
+report() { sed -n "s/^.*SMOKE $2=//p" "$work/smoke$1.log" | tr -d '\r' | head -n1; }
 
 check_report() {
     local n="$1"
@@ -139,6 +182,8 @@ check_report() {
     echo "     boot $n: $(report "$n" errors) error lines in the journal, data on" \
         "$(report "$n" data-mount) ($(report "$n" data-size)); partitions $(report "$n" partitions)"
     echo "     boot $n: $(report "$n" boot-time)"
+    [ "$(report "$n" root-ro)" = yes ] && ok "boot $n: root file system read-only ($(report "$n" root))" ||
+        fail "boot $n: root file system not read-only: $(report "$n" root) ($(report "$n" root-ro))"
     grep '^SMOKE \(err\|unit\):' "$work/smoke$n.log" | sed 's/^/     /' || true
 }
 
@@ -203,8 +248,15 @@ ssh_console() {
     fi
 }
 
-echo "== boot 1 ($accel, image $(($(stat -c %s "$out/appliance.img") / 1048576)) MiB)"
-boot 1
+expect_slot() {
+    local n="$1" want="$2" got
+    got="$(report "$n" slot)"
+    [ "$got" = "$want" ] && ok "boot $n: slot $want booted" || fail "boot $n: slot '$got' booted, not $want"
+}
+
+grubenv set extra_cmdline="$test_cmdline"
+echo "== boot 1 ($accel, BIOS, image $(($(stat -c %s "$out/appliance.img") / 1048576)) MiB)"
+boot 1 bios
 if wait_echo 180; then
     echo_time=$((SECONDS - boot_start))
     ok "echoscu answered ${echo_time} s after qemu started"
@@ -217,6 +269,9 @@ else
     fail "storescu (exit $?): $(tail -n 5 "$work/storescu.log")"
 fi
 check_report 1
+expect_slot 1 A
+[ "$(report 1 confirmed)" = yes ] && ok "boot 1: slot A confirmed once the daemon was ready" ||
+    fail "boot 1: slot A not confirmed: $(report 1 slots)"
 [ "$(report 1 jobs)" -ge 1 ] 2>/dev/null && ok "a send job queued and paused (job $(report 1 job))" ||
     fail "no job queued on the first boot (job '$(report 1 job)', $(report 1 jobs) active)"
 ssh_console xterm-256color
@@ -224,18 +279,62 @@ ssh_console linux
 power_off
 
 if [ "$reboot" = 1 ]; then
-    echo "== boot 2"
-    boot 2
-    if wait_echo 180; then ok "echoscu after the reboot ($((SECONDS - boot_start)) s)"; else fail "echoscu after the reboot"; fi
+    # An update, done from the host: slot A's file system copied into root-b (added by the
+    # first boot), then slot B booted next, on trial (what `dicom-appliance boot-slot switch B`
+    # does on the box).
+    a_start="$(partition_start root-a)"
+    b_start="$(partition_start root-b)"
+    if [ -z "$b_start" ]; then
+        fail "no root-b partition after the first boot"
+    else
+        # repart aligns partitions to 4 KiB, not to 1 MiB: offsets in bytes
+        dd if="$work/disk.img" of="$work/disk.img" bs=1M conv=notrunc,sparse status=none \
+            iflag=skip_bytes,count_bytes oflag=seek_bytes \
+            skip="$a_start" seek="$b_start" count=$(($(partition_sectors root-a) * 512))
+        grubenv set ORDER="B A" B_OK=1 B_TRY=0
+    fi
+
+    echo "== boot 2 (UEFI): slot B"
+    boot 2 uefi
+    if wait_echo 240; then ok "echoscu after the reboot ($((SECONDS - boot_start)) s, UEFI)"; else fail "echoscu after the reboot (UEFI)"; fi
     check_report 2
+    expect_slot 2 B
     instances="$(report 2 instances)"
     [ "${instances:-0}" -ge 2 ] && ok "the stored study survived the reboot ($instances instance files)" ||
         fail "after the reboot the archive holds ${instances:-0} instance files"
     jobs="$(report 2 jobs)"
     [ "${jobs:-0}" -ge 1 ] && ok "the queued job survived the reboot ($jobs active, job $(report 2 job))" ||
         fail "after the reboot the queue holds ${jobs:-0} active jobs (job $(report 2 job))"
+    [ "$(report 2 confirmed)" = yes ] && ok "boot 2: slot B confirmed" ||
+        fail "boot 2: slot B not confirmed: $(report 2 slots)"
+    power_off
+    [ "$(grubvar B_TRY)" = 0 ] && [ "$(grubvar B_OK)" = 1 ] && ok "the environment block holds slot B as good" ||
+        fail "after boot 2 the environment block says B_OK=$(grubvar B_OK) B_TRY=$(grubvar B_TRY)"
+
+    # Slot B again, but its DICOM services do not come up (as after a bad update): not confirmed
+    echo "== boot 3 (BIOS): slot B without its daemon"
+    grubenv set extra_cmdline="$test_cmdline systemd.mask=dicom-appliance.service"
+    boot 3 bios
+    if wait_report 3 240; then
+        expect_slot 3 B
+        [ "$(report 3 daemon)" != active ] && [ "$(report 3 confirmed)" = no ] &&
+            ok "boot 3: no daemon, slot B left unconfirmed (failed: $(report 3 failed | xargs))" ||
+            fail "boot 3: daemon $(report 3 daemon), confirmed $(report 3 confirmed)"
+    else
+        fail "boot 3: no report from the guest on ttyS1"
+    fi
+    power_off
+
+    echo "== boot 4 (BIOS): rollback to slot A"
+    grubenv set extra_cmdline="$test_cmdline"
+    boot 4 bios
+    if wait_echo 180; then ok "echoscu after the rollback ($((SECONDS - boot_start)) s)"; else fail "echoscu after the rollback"; fi
+    check_report 4
+    expect_slot 4 A
+    [ "$(report 4 instances)" -ge 2 ] 2>/dev/null && ok "the study is still there after the rollback" ||
+        fail "after the rollback the archive holds $(report 4 instances) instance files"
     power_off
 fi
 
-echo "== smoke: $failures failure(s); boot-to-echo ${echo_time:-none} s; total $SECONDS s"
+echo "== smoke: $failures failure(s); boot-to-echo ${echo_time:-none} s (first boot); total $SECONDS s"
 [ "$failures" -eq 0 ]

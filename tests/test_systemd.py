@@ -96,8 +96,12 @@ def install_tree(root: Path) -> Path:
         shutil.copy(SYSTEMD / f"dicom-appliance.{kind}.conf", target)
     (root / "etc").mkdir()
     (root / VENV_BIN).mkdir(parents=True)
-    for program in ("dicom-appliance", "dicom-console"):
-        stub = root / VENV_BIN / program
+    (root / "usr/bin").mkdir(parents=True)
+    for stub in (
+        root / VENV_BIN / "dicom-appliance",
+        root / VENV_BIN / "dicom-console",
+        root / "usr/bin/systemctl",
+    ):
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
     return root
