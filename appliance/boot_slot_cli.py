@@ -92,6 +92,17 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         help='add TEXT to the kernel command line from the next boot on ("" for nothing)',
     )
     extra.add_argument("text", metavar="TEXT")
+    backend = actions.add_parser(
+        "rauc-backend",
+        parents=[files],
+        help="RAUC's custom boot loader backend (bootloader-custom-backend in system.conf)",
+        description="Called by RAUC as its custom boot loader backend: get-primary, "
+        "set-primary SLOT, get-state SLOT, set-state SLOT good|bad.",
+    )
+    backend.add_argument(
+        "operation", choices=("get-primary", "set-primary", "get-state", "set-state")
+    )
+    backend.add_argument("operands", nargs="*", metavar="ARG")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, env_path: Path, cmdline_path: Path) -> int:
     command = args.boot_slot_command
+    if command == "rauc-backend":
+        return rauc_backend(args.operation, args.operands, env_path)
     if command == "status":
         state = boot_slots.status(env_path, cmdline_path)
         if args.json:
@@ -135,6 +148,31 @@ def _run(args: argparse.Namespace, env_path: Path, cmdline_path: Path) -> int:
         variables = boot_slots.set_extra_cmdline(args.text, env_path)
         print(f"extra kernel command line: {args.text!r} from the next boot on")
     print(f"next boot: {boot_slots.next_boot_slot(variables)}")
+    return EXIT_OK
+
+
+def rauc_backend(operation: str, operands: list[str], env_path: Path) -> int:
+    """RAUC's custom boot loader backend over the same variables RAUC's GRUB backend uses, so
+    that RAUC needs no grub-editenv on the box. RAUC reads what is printed on stdout."""
+    expected = {"get-primary": 0, "set-primary": 1, "get-state": 1, "set-state": 2}[operation]
+    if len(operands) != expected:
+        raise BootSlotError(f"{operation} takes {expected} argument(s), got {len(operands)}")
+    if operation == "get-primary":
+        variables = boot_slots.read_env(env_path)
+        print(boot_slots.next_boot_slot(variables))
+        return EXIT_OK
+    slot = boot_slots.check_slot(operands[0].upper())
+    if operation == "set-primary":
+        boot_slots.switch_to(slot, env_path)
+    elif operation == "get-state":
+        variables = boot_slots.effective(boot_slots.read_env(env_path))
+        print("good" if variables[f"{slot}_OK"] == "1" else "bad")
+    elif operands[1] == "good":
+        boot_slots.mark_good(slot, env_path)
+    elif operands[1] == "bad":
+        boot_slots.mark_bad(slot, env_path)
+    else:
+        raise BootSlotError(f"set-state takes good or bad, not {operands[1]!r}")
     return EXIT_OK
 
 

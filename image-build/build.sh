@@ -4,7 +4,9 @@
 #   image-build/build.sh [--out DIR] [--update-lock]
 #
 # Output in DIR (default image-build/out): appliance.img (GPT: bios-boot, esp, root-a, data;
-# GRUB for BIOS and UEFI), vmlinuz, initrd.img and cmdline beside it (for a direct-kernel boot),
+# GRUB for BIOS and UEFI), appliance-update.raucb (a signed RAUC bundle of the same root file
+# system; signing key from DICOM_APPLIANCE_UPDATE_KEY/_CERT, else a development key kept in
+# DIR/keys), vmlinuz, initrd.img and cmdline beside it (for a direct-kernel boot),
 # rootfs/ (the root tree, kept for `systemd-analyze verify --root=`), packages.txt (the Debian
 # package list). The root file system is mounted read-only; /etc, /var, /home and /root are
 # overlays whose changes live on the data partition (files/initramfs). On its first boot on a
@@ -20,7 +22,8 @@
 #
 # Needs on the host: mmdebstrap, e2fsprogs (mkfs.ext4 -d), fdisk (sfdisk), dosfstools and mtools
 # (the EFI system partition), grub-common, grub-pc-bin and grub-efi-amd64-bin (grub-mkimage,
-# grub-editenv and GRUB's modules), python3 with pip.
+# grub-editenv and GRUB's modules), rauc, squashfs-tools and openssl (the update bundle), python3
+# with pip.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,10 +35,11 @@ venv="/opt/dicom-appliance/venv"
 # Debian packages the appliance needs at run time, on top of --variant=minbase.
 packages=(
     systemd systemd-sysv systemd-timesyncd udev dbus
-    linux-image-cloud-amd64 initramfs-tools
+    linux-image-amd64 initramfs-tools
     openssh-server
     python3 python3-venv
     ca-certificates xorriso
+    rauc rauc-service
 )
 
 # In the chroot: a clean environment, so nothing of the host's (PIP_*, proxies, locale) leaks in.
@@ -204,6 +208,34 @@ EOF
     echo "   enabled: ${enable[*]}"
 }
 
+# The generic kernel, not the cloud one: a box next to a scanner boots from SATA (AHCI) or NVMe,
+# has a physical network card and a USB keyboard and drive, and the cloud kernel has no drivers for
+# most of those. What a headless DICOM box never uses (graphics beyond the firmware's frame
+# buffer, sound, cameras and TV cards, wireless, Bluetooth, InfiniBand, staging drivers, ...)
+# is removed, which halves the kernel's size.
+unused_module_trees=(
+    drivers/gpu drivers/media sound drivers/net/wireless net/wireless net/mac80211
+    drivers/bluetooth net/bluetooth drivers/infiniband drivers/staging drivers/isdn drivers/iio
+    drivers/net/can net/can drivers/comedi drivers/input/touchscreen drivers/input/joystick
+    drivers/mtd drivers/net/ethernet/mellanox drivers/net/ethernet/chelsio drivers/scsi/lpfc
+    drivers/scsi/qla2xxx drivers/scsi/bfa drivers/scsi/be2iscsi drivers/net/ieee802154
+    net/ieee802154 drivers/nfc net/nfc drivers/hwmon drivers/w1 drivers/platform/chrome
+    drivers/platform/surface drivers/thunderbolt drivers/fpga drivers/accessibility
+    fs/btrfs fs/xfs fs/ocfs2 fs/gfs2 fs/nilfs2 fs/f2fs fs/jfs fs/reiserfs fs/ceph
+    fs/nfsd fs/afs
+)
+
+prune_kernel_modules() {
+    local root="$1" dir version
+    for dir in "$root"/lib/modules/*/; do
+        version="$(basename "$dir")"
+        for tree in "${unused_module_trees[@]}"; do
+            rm -rf "${dir}kernel/$tree"
+        done
+        in_chroot "$root" depmod -a "$version"
+    done
+}
+
 # Runs as mmdebstrap's customize hook: $1 is the root, /proc /sys /dev are mounted there.
 customize() {
     local root="$1" wheels="$2"
@@ -236,17 +268,72 @@ ExecStartPre=
 ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do k=/etc/ssh/ssh_host_$${t}_key; [ -s "$$k" ] || /usr/bin/ssh-keygen -q -t "$$t" -N "" -f "$$k" || exit 1; done'
 ExecStartPre=/usr/sbin/sshd -t
 EOF
+    echo "== updates: RAUC with the build's update signing certificate as its keyring"
+    install -D -m 0644 "$here/files/rauc/system.conf" "$root/etc/rauc/system.conf"
+    install -D -m 0644 "$wheels/update.cert.pem" "$root/etc/rauc/keyring.pem"
+    install -D -m 0755 "$here/files/rauc/backend" "$root/usr/libexec/dicom-appliance-rauc-backend"
     echo "== read-only root: overlays on the data partition from the initramfs"
     install -D -m 0755 "$here/files/initramfs/hooks/dicom-appliance" \
         "$root/etc/initramfs-tools/hooks/dicom-appliance"
     install -D -m 0755 "$here/files/initramfs/scripts/local-bottom/dicom-appliance" \
         "$root/etc/initramfs-tools/scripts/local-bottom/dicom-appliance"
+    prune_kernel_modules "$root"
     in_chroot "$root" update-initramfs -u -k all >/dev/null
     install -d -m 0755 "$root/efi"
     : >"$root/etc/machine-id"
     rm -f "$root/var/lib/dbus/machine-id"
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
     rm -f "$root/etc/apt/preferences.d/image-lock.pref"
+}
+
+# --- update signing -------------------------------------------------------------------------
+
+update_signing_key() {
+    # The key and certificate that sign update bundles; the certificate is the image's RAUC
+    # keyring. A vendor's own come from DICOM_APPLIANCE_UPDATE_KEY and _CERT; without them a
+    # development pair is made once in DIR/keys and kept for later builds (bundles of one build
+    # machine install on each other's images).
+    local keys="$1"
+    if [ -n "${DICOM_APPLIANCE_UPDATE_KEY:-}" ] && [ -n "${DICOM_APPLIANCE_UPDATE_CERT:-}" ]; then
+        signing_key="$DICOM_APPLIANCE_UPDATE_KEY"
+        signing_cert="$DICOM_APPLIANCE_UPDATE_CERT"
+        return
+    fi
+    signing_key="$keys/update.key.pem"
+    signing_cert="$keys/update.cert.pem"
+    if [ ! -s "$signing_key" ] || [ ! -s "$signing_cert" ]; then
+        install -d -m 0700 "$keys"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/O=DICOM appliance/CN=update signing (development key of $(hostname))" \
+            -keyout "$signing_key" -out "$signing_cert" 2>/dev/null
+        chmod 0600 "$signing_key"
+        echo "   new development update signing key in $keys"
+    fi
+}
+
+make_bundle() {
+    # A RAUC bundle (verity format) with this build's root file system, for `rauc install`
+    local rootfs="$1" out="$2" stage="$3" version
+    version="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
+    rm -rf "$stage" && mkdir -p "$stage"
+    mv "$rootfs" "$stage/rootfs.ext4"
+    cat >"$stage/manifest.raucm" <<EOF
+[update]
+compatible=dicom-appliance-x86_64
+version=$version
+description=DICOM appliance root file system
+
+[bundle]
+format=verity
+
+[image.rootfs]
+filename=rootfs.ext4
+EOF
+    rm -f "$out/appliance-update.raucb"
+    rauc bundle --cert="$signing_cert" --key="$signing_key" "$stage" \
+        "$out/appliance-update.raucb" >"$stage.log" 2>&1 || { cat "$stage.log" >&2; exit 1; }
+    rauc info --keyring="$signing_cert" "$out/appliance-update.raucb" >/dev/null 2>&1 ||
+        { echo "the new bundle does not verify against $signing_cert" >&2; exit 1; }
 }
 
 # --- disk image -------------------------------------------------------------------------------
@@ -320,6 +407,7 @@ EOF
     dd if="$stage/data.ext4" of="$img" bs=1M seek=$((s_data / 2048)) conv=notrunc,sparse status=none
     python3 "$here/install-bios-boot.py" "$img" /usr/lib/grub/i386-pc/boot.img \
         "$stage/grub/core.img" "$s_boot"
+    make_bundle "$stage/root-a.ext4" "$out" "$stage/bundle"
     rm -rf "$stage"
     cp "$(ls "$root"/boot/vmlinuz-* | tail -n1)" "$out/vmlinuz"
     cp "$(ls "$root"/boot/initrd.img-* | tail -n1)" "$out/initrd.img"
@@ -353,7 +441,7 @@ main() {
             --out) out="$2"; shift 2 ;;
             --update-lock) update_lock=1; shift ;;
             --customize) customize "$2" "$3"; return ;;
-            -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}"; return ;;
+            -h | --help) sed -n '2,26p' "${BASH_SOURCE[0]}"; return ;;
             *) echo "unknown argument: $1" >&2; exit 2 ;;
         esac
     done
@@ -365,6 +453,8 @@ main() {
     out="$(cd "$out" && pwd)"
     local start=$SECONDS
     build_wheelhouse "$out/wheels"
+    update_signing_key "$out/keys"
+    cp "$signing_cert" "$out/wheels/update.cert.pem"
     local prefs="$out/debian-lock.pref"
     : >"$prefs"
     if [ "$update_lock" = 0 ] && [ -s "$here/lock/debian.lock" ]; then debian_pins >"$prefs"; fi
@@ -373,11 +463,12 @@ main() {
     check_debian_lock "$out/rootfs" "$out"
     assemble_image "$out/rootfs" "$out"
     local img="$out/appliance.img"
-    echo "== built $img in $((SECONDS - start)) s"
+    echo "== built $img and $out/appliance-update.raucb in $((SECONDS - start)) s"
     echo "   image size $(($(stat -c %s "$img") / 1024 / 1024)) MiB" \
         "(allocated $(($(du -k "$img" | cut -f1) / 1024)) MiB)," \
         "root file system $(du -sm "$out/rootfs" | cut -f1) MiB," \
-        "kernel+initrd $(($(stat -c %s "$out/vmlinuz") / 1024 / 1024 + $(stat -c %s "$out/initrd.img") / 1024 / 1024)) MiB"
+        "kernel+initrd $(($(stat -c %s "$out/vmlinuz") / 1024 / 1024 + $(stat -c %s "$out/initrd.img") / 1024 / 1024)) MiB," \
+        "update bundle $(($(stat -c %s "$out/appliance-update.raucb") / 1024 / 1024)) MiB"
 }
 
 main "$@"

@@ -86,7 +86,8 @@ build_image() {
     # ovmf is the UEFI firmware for the smoke test's UEFI boot
     $sudo apt-get install -y --no-install-recommends \
         mmdebstrap qemu-system-x86 fdisk e2fsprogs openssh-client shellcheck \
-        grub-common grub-pc-bin grub-efi-amd64-bin dosfstools mtools ovmf
+        grub-common grub-pc-bin grub-efi-amd64-bin dosfstools mtools ovmf \
+        rauc squashfs-tools openssl
     $sudo "$repo/image-build/build.sh"
 }
 

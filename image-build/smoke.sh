@@ -2,10 +2,10 @@
 # Boot the built image under qemu (software emulation) through its own boot loader and check it
 # from outside, like a scanner and a technologist would: DCMTK echoscu and storescu on the DICOM
 # port, an SSH login that lands in the console, no failed unit, the boot finished ("running"), the
-# root file system read-only. Then the A/B slots: the host copies slot A into slot B and switches
-# to it as an update would; the second boot (UEFI firmware) runs slot B, still holds the stored
-# study and the queued (paused) send job, and confirms the slot; a third boot of slot B whose
-# DICOM services never come up is not confirmed, and the fourth boot rolls back to slot A.
+# root file system read-only; then `rauc install` of the build's update bundle (a second disk)
+# writes slot B. The second boot (UEFI firmware) runs slot B, still holds the stored study and the
+# queued (paused) send job, and confirms the slot; a third boot of slot B whose DICOM services
+# never come up is not confirmed, and the fourth boot rolls back to slot A.
 #
 #   image-build/smoke.sh [--out DIR] [--kvm] [--no-reboot]
 #
@@ -103,14 +103,6 @@ print(*[p["start"] * table.get("sectorsize", 512) for p in table["partitions"] i
 ' "$1"
 }
 
-partition_sectors() {
-    sfdisk --json "$work/disk.img" 2>/dev/null | python3 -c '
-import json, sys
-table = json.load(sys.stdin)["partitiontable"]
-print(*[p["size"] for p in table["partitions"] if p.get("name") == sys.argv[1]])
-' "$1"
-}
-
 grubenv() {
     # grub-editenv on the block in the disk's EFI system partition: grubenv set A=1 ... | list
     local esp
@@ -125,17 +117,22 @@ grubvar() { grubenv list | sed -n "s/^$1=//p"; }
 test_cmdline="systemd.mask=serial-getty@ttyS0.service systemd.wants=dicom-appliance-smoke.service dicom_smoke.key=$key_b64"
 
 boot() {
-    # boot N bios|uefi
+    # boot N bios|uefi [bundle]: with "bundle", the update bundle as a second disk
     local n="$1" firmware="$2" extra=()
     : >"$work/smoke$n.log"
+    if [ "${3:-}" = bundle ]; then
+        extra+=(-drive "file=$work/bundle.img,if=none,id=bundle,format=raw,readonly=on"
+            -device "virtio-blk-pci,drive=bundle,serial=rauc-bundle")
+    fi
     if [ "$firmware" = uefi ]; then
         cp "$ovmf_vars" "$work/ovmf-vars.fd"
-        extra=(-drive "if=pflash,format=raw,readonly=on,file=$ovmf_code"
+        extra+=(-drive "if=pflash,format=raw,readonly=on,file=$ovmf_code"
             -drive "if=pflash,format=raw,file=$work/ovmf-vars.fd")
     fi
     qemu-system-x86_64 -accel "$accel" -cpu max -m 1024 -smp 2 -display none -no-reboot \
-        -monitor "unix:$work/monitor,server,nowait" "${extra[@]}" \
-        -drive "file=$work/disk.img,if=virtio,format=raw" \
+        -monitor "unix:$work/monitor,server,nowait" \
+        -drive "file=$work/disk.img,if=none,id=disk,format=raw" \
+        -device "virtio-blk-pci,drive=disk,bootindex=1" "${extra[@]}" \
         -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$p104-:104,hostfwd=tcp:127.0.0.1:$p22-:22" \
         -serial "file:$work/console$n.log" -serial "file:$work/smoke$n.log" &
     qemu_pid=$!
@@ -149,6 +146,16 @@ wait_echo() {
         if /usr/bin/echoscu -to 5 -ta 5 -td 5 -aec APPLIANCE 127.0.0.1 "$p104" >/dev/null 2>&1; then
             return 0
         fi
+        sleep 1
+    done
+    return 1
+}
+
+wait_for_line() {
+    local n="$1" pattern="$2" limit="$3"
+    while [ $((SECONDS - boot_start)) -lt "$limit" ]; do
+        grep -aq "$pattern" "$work/smoke$n.log" 2>/dev/null && return 0
+        kill -0 "$qemu_pid" 2>/dev/null || return 1
         sleep 1
     done
     return 1
@@ -254,9 +261,13 @@ expect_slot() {
     [ "$got" = "$want" ] && ok "boot $n: slot $want booted" || fail "boot $n: slot '$got' booted, not $want"
 }
 
-grubenv set extra_cmdline="$test_cmdline"
+# the update bundle as a disk (a whole number of sectors); the guest reads back its real size
+cp "$out/appliance-update.raucb" "$work/bundle.img"
+bundle_size="$(stat -c %s "$work/bundle.img")"
+truncate -s $(((bundle_size + 511) / 512 * 512)) "$work/bundle.img"
+grubenv set extra_cmdline="$test_cmdline dicom_smoke.bundle=$bundle_size"
 echo "== boot 1 ($accel, BIOS, image $(($(stat -c %s "$out/appliance.img") / 1048576)) MiB)"
-boot 1 bios
+boot 1 bios bundle
 if wait_echo 180; then
     echo_time=$((SECONDS - boot_start))
     ok "echoscu answered ${echo_time} s after qemu started"
@@ -276,24 +287,19 @@ expect_slot 1 A
     fail "no job queued on the first boot (job '$(report 1 job)', $(report 1 jobs) active)"
 ssh_console xterm-256color
 ssh_console linux
+# the update: `rauc install` of the build's bundle writes root-b and makes slot B next, on trial
+if wait_for_line 1 '^SMOKE-UPDATED' 400; then
+    [ "$(report 1 update)" = ok ] && ok "rauc install of the update bundle ($(du -m "$out/appliance-update.raucb" | cut -f1) MiB) into slot B" ||
+        fail "rauc install: $(report 1 update); $(sed -n 's/^.*SMOKE update-log: //p' "$work/smoke1.log" | tr '\n' ' ')"
+    [ "$(report 1 update-next)" = B ] && ok "after the update GRUB boots slot B next" ||
+        fail "after the update the next boot is '$(report 1 update-next)', not B"
+else
+    fail "rauc install did not finish within 400 s"
+fi
 power_off
 
 if [ "$reboot" = 1 ]; then
-    # An update, done from the host: slot A's file system copied into root-b (added by the
-    # first boot), then slot B booted next, on trial (what `dicom-appliance boot-slot switch B`
-    # does on the box).
-    a_start="$(partition_start root-a)"
-    b_start="$(partition_start root-b)"
-    if [ -z "$b_start" ]; then
-        fail "no root-b partition after the first boot"
-    else
-        # repart aligns partitions to 4 KiB, not to 1 MiB: offsets in bytes
-        dd if="$work/disk.img" of="$work/disk.img" bs=1M conv=notrunc,sparse status=none \
-            iflag=skip_bytes,count_bytes oflag=seek_bytes \
-            skip="$a_start" seek="$b_start" count=$(($(partition_sectors root-a) * 512))
-        grubenv set ORDER="B A" B_OK=1 B_TRY=0
-    fi
-
+    grubenv set extra_cmdline="$test_cmdline"
     echo "== boot 2 (UEFI): slot B"
     boot 2 uefi
     if wait_echo 240; then ok "echoscu after the reboot ($((SECONDS - boot_start)) s, UEFI)"; else fail "echoscu after the reboot (UEFI)"; fi
@@ -307,6 +313,8 @@ if [ "$reboot" = 1 ]; then
         fail "after the reboot the queue holds ${jobs:-0} active jobs (job $(report 2 job))"
     [ "$(report 2 confirmed)" = yes ] && ok "boot 2: slot B confirmed" ||
         fail "boot 2: slot B not confirmed: $(report 2 slots)"
+    [ "$(report 2 rauc-booted)" = B ] && ok "boot 2: RAUC sees slot B booted" ||
+        fail "boot 2: RAUC says booted '$(report 2 rauc-booted)'"
     power_off
     [ "$(grubvar B_TRY)" = 0 ] && [ "$(grubvar B_OK)" = 1 ] && ok "the environment block holds slot B as good" ||
         fail "after boot 2 the environment block says B_OK=$(grubvar B_OK) B_TRY=$(grubvar B_TRY)"

@@ -435,3 +435,34 @@ def test_cli_takes_the_block_from_the_environment(tmp_path):
     result = run(appliance_cmd("boot-slot", "--env", str(env), "mark-bad", "B"))
     assert result.returncode == 0, result.stderr
     assert read_env(env)["B_OK"] == "0"
+
+
+def test_rauc_custom_backend_operations(tmp_path):
+    # RAUC calls its custom backend with these operations during `rauc install` and
+    # `rauc status mark-good|mark-bad`; it reads the answers from stdout.
+    env = tmp_path / "grubenv"
+    boot_slots.create_env(
+        env, {"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0", "B_TRY": "0"}
+    )
+
+    def backend(*args: str):
+        return run(appliance_cmd("boot-slot", "--env", str(env), "rauc-backend", *args), timeout=60)
+
+    assert backend("get-primary").stdout.strip() == "A"
+    assert backend("get-state", "B").stdout.strip() == "bad"
+    # an install: the target is marked bad while it is written, then made primary
+    assert backend("set-state", "B", "bad").returncode == 0
+    assert backend("set-primary", "B").returncode == 0
+    assert backend("get-primary").stdout.strip() == "B"
+    assert backend("get-state", "B").stdout.strip() == "good"
+    assert boot_slots.read_env(env)["ORDER"] == "B A"
+    # GRUB puts B on trial; RAUC's mark-good ends the trial
+    boot_slots.update_env(env, {"B_TRY": "1"})
+    assert backend("get-primary").stdout.strip() == "A", "an unconfirmed B is passed over"
+    assert backend("set-state", "b", "good").returncode == 0
+    assert boot_slots.read_env(env)["B_TRY"] == "0"
+    assert backend("get-primary").stdout.strip() == "B"
+    for wrong in (("set-state", "B", "maybe"), ("get-state", "C"), ("set-primary",)):
+        result = backend(*wrong)
+        assert result.returncode != 0 and "error:" in result.stderr, wrong
+    assert boot_slots.read_env(env)["ORDER"] == "B A", "refusals change nothing"

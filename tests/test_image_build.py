@@ -6,6 +6,7 @@ The full build and the qemu boot (image-build/build.sh, image-build/smoke.sh) ar
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ SCRIPTS = [
     "files/dicom-appliance-smoke",
     "files/initramfs/hooks/dicom-appliance",
     "files/initramfs/scripts/local-bottom/dicom-appliance",
+    "files/rauc/backend",
 ]
 
 
@@ -330,3 +332,121 @@ def test_built_image_boots_under_bios_and_uefi():
         ["mtype", "-i", esp, "::/grub/grub.cfg"], capture_output=True, text=True, check=True
     ).stdout
     assert cfg.replace("\r\n", "\n") == GRUB_CFG.read_text()
+
+
+# --- updates (RAUC) ---------------------------------------------------------------------------
+
+RAUC_CONF = IMAGE_BUILD / "files/rauc/system.conf"
+
+
+def _ini(text: str) -> dict[str, dict[str, str]]:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return {name: dict(parser[name]) for name in parser.sections()}
+
+
+def test_rauc_slots_match_the_image_layout_and_the_boot_menu():
+    conf = _ini(RAUC_CONF.read_text())
+    assert conf["slot.rootfs.0"] == {
+        "device": "/dev/disk/by-partlabel/root-a",
+        "type": "ext4",
+        "bootname": "A",
+    }
+    assert conf["slot.rootfs.1"] == {
+        "device": "/dev/disk/by-partlabel/root-b",
+        "type": "ext4",
+        "bootname": "B",
+    }
+    # the read-only root holds neither RAUC's mounts nor its status
+    assert conf["system"]["mountprefix"].startswith("/run/")
+    assert conf["system"]["data-directory"].startswith("/data/")
+    assert conf["system"]["bootloader"] == "custom"
+    backend = conf["handlers"]["bootloader-custom-backend"]
+    build = (IMAGE_BUILD / "build.sh").read_text()
+    assert f'"$here/files/rauc/backend" "$root{backend}"' in build
+    assert f"compatible={conf['system']['compatible']}\n" in build, "bundles are compatible"
+    assert (
+        "boot-slot --env /efi/grub/grubenv rauc-backend"
+        in (IMAGE_BUILD / "files/rauc/backend").read_text()
+    )
+
+
+@pytest.mark.skipif(
+    shutil.which("rauc") is None
+    or shutil.which("mksquashfs") is None
+    or shutil.which("openssl") is None,
+    reason="needs rauc, squashfs-tools and openssl",
+)
+def test_a_bundle_signed_by_the_keyring_verifies_and_another_signer_is_refused(tmp_path):
+    """The bundle recipe of build.sh with a small root file system: RAUC on the host accepts it
+    with the signing certificate as keyring and refuses it with another."""
+    for name in ("good", "other"):
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                f"/CN={name}",
+                "-keyout",
+                str(tmp_path / f"{name}.key"),
+                "-out",
+                str(tmp_path / f"{name}.pem"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    content = tmp_path / "bundle"
+    content.mkdir()
+    rootfs = content / "rootfs.ext4"
+    with rootfs.open("wb") as f:
+        f.truncate(8 * 2**20)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    # some content that does not compress away: RAUC refuses a bundle of one squashfs block
+    (tree / "content").write_bytes(os.urandom(256 * 1024))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(rootfs)], check=True)
+    conf = _ini(RAUC_CONF.read_text())
+    (content / "manifest.raucm").write_text(
+        f"[update]\ncompatible={conf['system']['compatible']}\nversion=test\n\n"
+        "[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.ext4\n"
+    )
+    bundle = tmp_path / "update.raucb"
+    subprocess.run(
+        [
+            "rauc",
+            "bundle",
+            f"--cert={tmp_path / 'good.pem'}",
+            f"--key={tmp_path / 'good.key'}",
+            str(content),
+            str(bundle),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    good = subprocess.run(
+        ["rauc", "info", f"--keyring={tmp_path / 'good.pem'}", "--output-format=json", str(bundle)],
+        capture_output=True,
+        text=True,
+    )
+    assert good.returncode == 0, good.stderr
+    info = json.loads(good.stdout)
+    assert info["compatible"] == conf["system"]["compatible"]
+    assert info["images"][0]["rootfs"]["filename"] == "rootfs.ext4"
+    assert info["images"][0]["rootfs"]["size"] == 8 * 2**20
+    other = subprocess.run(
+        ["rauc", "info", f"--keyring={tmp_path / 'other.pem'}", str(bundle)],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode != 0
+    assert "signature" in other.stderr.lower() or "verif" in other.stderr.lower(), other.stderr
