@@ -277,6 +277,8 @@ EOF
         "$root/etc/initramfs-tools/hooks/dicom-appliance"
     install -D -m 0755 "$here/files/initramfs/scripts/local-bottom/dicom-appliance" \
         "$root/etc/initramfs-tools/scripts/local-bottom/dicom-appliance"
+    install -D -m 0644 "$here/files/initramfs/conf.d/dicom-appliance.conf" \
+        "$root/etc/initramfs-tools/conf.d/dicom-appliance.conf"
     prune_kernel_modules "$root"
     in_chroot "$root" update-initramfs -u -k all >/dev/null
     install -d -m 0755 "$root/efi"

@@ -48,7 +48,9 @@ def install(image: Path, boot_img: Path, core_img: Path, first_sector: int) -> N
         struct.pack_into("<Q", boot, KERNEL_SECTOR, first_sector)
         start, count, segment = struct.unpack_from("<QHH", core, BLOCKLIST)
         if count != sectors - 1:
-            raise SystemExit(f"{core_img}: block list says {count} sectors, the file has {sectors - 1}")
+            raise SystemExit(
+                f"{core_img}: block list says {count} sectors, the file has {sectors - 1}"
+            )
         struct.pack_into("<QHH", core, BLOCKLIST, first_sector + 1, count, segment)
         disk.seek(0)
         disk.write(boot)
