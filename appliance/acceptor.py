@@ -36,7 +36,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 LOG = logging.getLogger("pynetdicom.dul")
 
@@ -288,3 +288,25 @@ class EventDrivenRequestHandler(RequestHandler):
                 for handler in self.server._handlers[event]:
                     assoc.bind(event, handler[0], handler[1])
         return assoc
+
+
+# Linux's IP_FREEBIND (ip(7)); the socket module does not always name it.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+class ListenerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server that may bind an address the host does not have yet.
+
+    The daemon starts before the network is configured (a box must answer on its DICOM port as
+    soon as possible); with ``bind_address`` set to one of the box's addresses, that address may
+    come only later from DHCP. IP_FREEBIND lets the bind succeed now, and the listener answers
+    once the address exists, as systemd's FreeBind= does for socket units.
+    """
+
+    def server_bind(self) -> None:
+        if self.socket.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                self.socket.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            except OSError:
+                pass  # not Linux: bind as usual
+        super().server_bind()

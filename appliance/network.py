@@ -20,10 +20,9 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
-from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, audit, tls
-from appliance.acceptor import EventDrivenRequestHandler
+from appliance.acceptor import EventDrivenRequestHandler, ListenerServer
 from appliance.archive import STATUS_OUT_OF_RESOURCES, Archive, StoreOutcome, StoreRefused
 from appliance.config import NODE_SERVICES, ConfigStore, Node, Settings
 from appliance.dicom_classes import (
@@ -234,7 +233,7 @@ class DicomServer:
         self._storage_listeners: list[StorageListener] = []
         self.config = config
         self.archive = archive
-        self._server: ThreadedAssociationServer | None = None
+        self._server: ListenerServer | None = None
         self._stats: dict[int, AssociationStats] = {}
         self._lock = threading.Lock()
         self._stores_in_flight = 0
@@ -289,7 +288,7 @@ class DicomServer:
         server = self.ae.make_server(
             (self.settings.bind_address, self.settings.port),
             evt_handlers=handlers,
-            server_class=ThreadedAssociationServer,
+            server_class=ListenerServer,
             request_handler=EventDrivenRequestHandler,
         )
         threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pynetdicom.transport import ThreadedAssociationServer
-
+from appliance.acceptor import ListenerServer
 from appliance.config import TLS_PEER_AUTH, TLS_PROFILES, Node, Settings
 
 LOG = logging.getLogger(__name__)
@@ -430,7 +429,7 @@ class HandshakeFailure:
     reason: str
 
 
-class TLSAssociationServer(ThreadedAssociationServer):
+class TLSAssociationServer(ListenerServer):
     """pynetdicom's threaded server with the TLS handshake moved into the connection thread.
 
     Set ``context_source`` (returns the current SSLContext), ``handshake_timeout`` and
