@@ -36,7 +36,7 @@ from console.screens._forms import (
 )
 from console.screens.burn_dialog import BurnValues, build_burn_request
 from console.screens.film_composer import FormError, source_text
-from console.screens.media import styled
+from console.tables import styled
 from console.widgets import NodePickerModal
 
 BUILT_IN = "basic"

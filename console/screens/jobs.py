@@ -8,19 +8,18 @@ filters (``PAGE`` rows), so a store with 10,000 jobs costs the same as one with 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from rich.errors import StyleSyntaxError
-from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
-from textual.widgets.data_table import RowDoesNotExist, RowKey
+from textual.widgets.data_table import RowKey
 
 from console.base import ConnectionChanged, ConsoleScreen, DaemonEvents
+from console.tables import KeyedJobRows
 from console.widgets import ConfirmModal, NodePickerModal
 
 PAGE = 300
@@ -103,26 +102,6 @@ def study_text(job: dict[str, Any]) -> str:
     return " / ".join(part for part in (name.replace("^", " ").strip(), study) if part)
 
 
-class JobRows:
-    """The cell texts of a job row, given how the app formats times."""
-
-    def __init__(self, format_time: Callable[[float | None], str]) -> None:
-        self.format_time = format_time
-
-    def cells(self, job: dict[str, Any]) -> tuple[str | Text, ...]:
-        state = str(job.get("state", ""))
-        return (
-            str(job.get("id", "")),
-            state,
-            str(job.get("kind", "")),
-            str(job.get("target", "")),
-            progress_text(job.get("counts")),
-            study_text(job),
-            str(job.get("attempts", 0)),
-            self.format_time(job.get("next_retry")) if state == "waiting-retry" else "",
-        )
-
-
 class JobTable(DataTable[str | Text]):
     """A DataTable whose columns all have fixed widths and whose rows are one line without a
     label: nothing to measure when rows arrive. DataTable measures every cell of every new row
@@ -165,8 +144,9 @@ class JobsScreen(ConsoleScreen):
         super().__init__()
         self.state_filter = 0
         self.kind_filter = 0
-        self.jobs: dict[int, dict[str, Any]] = {}
-        self.row_cells: dict[int, tuple[str | Text, ...]] = {}
+        self.job_rows = KeyedJobRows(
+            lambda: self.table, self._cells, {"state": STATE_STYLES}, bulk_remove=BULK_REMOVE
+        )
         self._generation = 0
 
     def compose(self) -> ComposeResult:
@@ -180,7 +160,6 @@ class JobsScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._rows = JobRows(self.app.format_time)  # type: ignore[attr-defined]
         self._show_filters()
         self.set_interval(REFRESH_SECONDS, self.action_refresh)
         self.action_refresh()
@@ -188,6 +167,11 @@ class JobsScreen(ConsoleScreen):
     @property
     def table(self) -> DataTable[str | Text]:
         return self.query_one("#jobs", DataTable)
+
+    @property
+    def jobs(self) -> dict[int, dict[str, Any]]:
+        """The jobs shown, by id."""
+        return self.job_rows.jobs
 
     @property
     def states(self) -> list[str] | None:
@@ -232,106 +216,38 @@ class JobsScreen(ConsoleScreen):
         """A fresh page from jobs.list: diff it into the table (add, update, remove rows)."""
         if generation is not None and generation != self._generation:
             return  # the filters changed since this page was asked for
-        fresh = {int(job["id"]): job for job in jobs}
         with self.app.batch_update():
-            self._remove_many([j for j in self.jobs if j not in fresh])
-            added = False
-            for job_id, job in fresh.items():
-                added |= self._upsert(job_id, job)
-            if added:
-                self._sort()
+            self.job_rows.replace(jobs)
             self._show_filters()
 
     def apply_jobs(self, briefs: list[dict[str, Any]]) -> None:
         """Job events (briefs): update changed cells, add new matching jobs, drop unmatched."""
-        latest: dict[int, dict[str, Any]] = {}
-        for brief in briefs:
-            if isinstance(brief.get("id"), int):
-                latest[int(brief["id"])] = brief
         states, kind = self.states, self.kind
-        added = False
         with self.app.batch_update():
-            for job_id, brief in latest.items():
-                if matches(brief, states, kind):
-                    added |= self._upsert(job_id, brief)
-                elif job_id in self.jobs:
-                    self._remove(job_id)
-            if added:
-                self._sort()
+            if self.job_rows.apply(briefs, lambda job: matches(job, states, kind)):
                 self._trim()
             self._show_filters()
 
-    def _upsert(self, job_id: int, job: dict[str, Any]) -> bool:
-        """Whether a row was added."""
-        cells = self._rows.cells(job)
-        self.jobs[job_id] = job
-        old = self.row_cells.get(job_id)
-        table = self.table
-        if old is None:
-            table.add_row(*self._styled(cells), key=str(job_id))
-            self.row_cells[job_id] = cells
-            return True
-        if old != cells:
-            row_key = RowKey(str(job_id))
-            for (column, _, _), before, after in zip(COLUMNS, old, cells, strict=True):
-                if before != after:
-                    value = self._style_state(after) if column == "state" else after
-                    table.update_cell(row_key, column, value)
-            self.row_cells[job_id] = cells
-        return False
-
-    def _remove_many(self, job_ids: list[int]) -> None:
-        """Remove rows: one by one when few, else clear the table and add back the rest (the
-        cursor stays on its job when that job stays)."""
-        gone = {job_id for job_id in job_ids if job_id in self.jobs}
-        if len(gone) <= BULK_REMOVE:
-            for job_id in gone:
-                self._remove(job_id)
-            return
-        table = self.table
-        selected = self.selected_id()
-        keep = [(job_id, job) for job_id, job in self.jobs.items() if job_id not in gone]
-        table.clear()
-        self.jobs.clear()
-        self.row_cells.clear()
-        for job_id, job in keep:
-            self._upsert(job_id, job)
-        self._sort()
-        if selected is not None and selected in self.jobs:
-            table.move_cursor(row=table.get_row_index(str(selected)), animate=False)
-
-    def _remove(self, job_id: int) -> None:
-        self.jobs.pop(job_id, None)
-        self.row_cells.pop(job_id, None)
-        try:
-            self.table.remove_row(str(job_id))
-        except RowDoesNotExist:
-            pass
-
-    def _sort(self) -> None:
-        self.table.sort("id", key=lambda value: -int(str(value)))
+    def _cells(self, job: dict[str, Any]) -> dict[str, str]:
+        fmt = self.app.format_time  # type: ignore[attr-defined]
+        state = str(job.get("state", ""))
+        return {
+            "id": str(job.get("id", "")),
+            "state": state,
+            "kind": str(job.get("kind", "")),
+            "target": str(job.get("target", "")),
+            "progress": progress_text(job.get("counts")),
+            "study": study_text(job),
+            "attempts": str(job.get("attempts", 0)),
+            "next_retry": fmt(job.get("next_retry")) if state == "waiting-retry" else "",
+        }
 
     def _trim(self) -> None:
         """New jobs grow the table; past PAGE plus some slack the oldest rows go (in one go,
         since each removal re-indexes the table)."""
         if len(self.jobs) <= PAGE + TRIM_SLACK:
             return
-        self._remove_many(sorted(self.jobs)[: len(self.jobs) - PAGE])
-
-    def _styled(self, cells: tuple[str | Text, ...]) -> tuple[str | Text, ...]:
-        return (cells[0], self._style_state(cells[1]), *cells[2:])
-
-    def _style_state(self, state: str | Text) -> Text:
-        text = str(state)
-        style = STATE_STYLES.get(text, "")
-        if not style:
-            return Text(text)
-        resolved = self.app.theme_variables.get(style.split("$")[-1], "")
-        bold = "bold " if style.startswith("bold") else ""
-        try:
-            return Text(text, style=Style.parse(f"{bold}{resolved}".strip()))
-        except StyleSyntaxError:
-            return Text(text, style="bold" if bold else "")
+        self.job_rows.remove_many(sorted(self.jobs)[: len(self.jobs) - PAGE])
 
     def on_daemon_events(self, message: DaemonEvents) -> None:
         briefs = [e["data"] for e in message.events if e.get("topic") == "job" and e.get("data")]
@@ -354,20 +270,13 @@ class JobsScreen(ConsoleScreen):
         self.action_refresh()
         states, kind = self.states, self.kind
         with self.app.batch_update():
-            self._remove_many([j for j, job in self.jobs.items() if not matches(job, states, kind)])
+            self.job_rows.retain(lambda job: matches(job, states, kind))
             self._show_filters()
 
     # --- actions ---------------------------------------------------------------------------
 
     def selected_id(self) -> int | None:
-        table = self.table
-        if table.row_count == 0:
-            return None
-        try:
-            row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        except Exception:
-            return None
-        return int(str(row_key.value)) if row_key.value is not None else None
+        return self.job_rows.selected_id()
 
     def action_detail(self) -> None:
         job_id = self.selected_id()

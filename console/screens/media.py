@@ -18,15 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rich.errors import StyleSyntaxError
-from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
-from textual.widgets.data_table import RowDoesNotExist, RowKey
+from textual.widgets.data_table import RowDoesNotExist
 
 from console.base import ConnectionChanged, ConsoleScreen, DaemonEvents, describe_error
 from console.screens._forms import FORM_CSS, set_message
@@ -39,6 +37,7 @@ from console.screens.jobs import (
     study_text,
 )
 from console.screens.print import Columns, fitted
+from console.tables import KeyedJobRows, refill_table, selected_key, styled
 from console.widgets import ConfirmModal
 
 QUEUE_PAGE = 200
@@ -181,19 +180,6 @@ def waiting_text(job: dict[str, Any], format_time: Callable[[Any], str]) -> str:
     return ""
 
 
-def styled(app: Any, text: str, styles: dict[str, str]) -> Text:
-    """``text`` in the theme colour its style names ("bold $error")."""
-    style = styles.get(text, "")
-    if not style:
-        return Text(text)
-    bold = "bold " if style.startswith("bold") else ""
-    color = app.theme_variables.get(style.split("$")[-1], "")
-    try:
-        return Text(text, style=Style.parse(f"{bold}{color}".strip()))
-    except StyleSyntaxError:
-        return Text(text, style="bold" if bold else "")
-
-
 class MediaJobDetailScreen(JobDetailScreen):
     """A burn or import job as on the Jobs screen, in the words of discs and files."""
 
@@ -329,8 +315,7 @@ class MediaScreen(ConsoleScreen):
         super().__init__()
         self.drives: dict[str, dict[str, Any]] = {}
         self.drive_cells: dict[str, dict[str, str]] = {}
-        self.jobs: dict[int, dict[str, Any]] = {}
-        self.row_cells: dict[int, dict[str, str]] = {}
+        self.job_rows = KeyedJobRows(lambda: self.queue, self._cells, {"state": STATE_STYLES})
         self.queue_filter = 0
         self.drives_loaded = False
         self._generation = 0
@@ -377,29 +362,13 @@ class MediaScreen(ConsoleScreen):
         with self.app.batch_update():
             if drives != self._drive_columns:
                 self._drive_columns = drives
-                self._rebuild(self.drive_table, drives, self.drive_cells)
+                rows = (
+                    (device, self._drive_row(cells)) for device, cells in self.drive_cells.items()
+                )
+                refill_table(self.drive_table, rows, drives)
             if queue != self._queue_columns:
                 self._queue_columns = queue
-                self._rebuild(self.queue, queue, self.row_cells)
-
-    def _rebuild(
-        self, table: DataTable[str | Text], columns: Columns, rows: dict[Any, dict[str, str]]
-    ) -> None:
-        selected = self._selected_key(table)
-        table.clear(columns=True)
-        for key, label, width in columns:
-            table.add_column(label, key=key, width=width)
-        for row_key, cells in rows.items():
-            table.add_row(
-                *[self._cell(cells, key, table) for key, _, _ in columns], key=str(row_key)
-            )
-        if table is self.queue:
-            self._sort()
-        if selected is not None:
-            try:
-                table.move_cursor(row=table.get_row_index(selected), animate=False)
-            except RowDoesNotExist:
-                pass
+                self.job_rows.refill(queue)
 
     @property
     def queue(self) -> DataTable[str | Text]:
@@ -409,21 +378,16 @@ class MediaScreen(ConsoleScreen):
     def drive_table(self) -> DataTable[str | Text]:
         return self.query_one("#drives", DataTable)
 
-    @staticmethod
-    def _selected_key(table: DataTable[str | Text]) -> str | None:
-        if table.row_count == 0:
-            return None
-        try:
-            row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        except Exception:
-            return None
-        return str(row_key.value) if row_key.value is not None else None
+    @property
+    def jobs(self) -> dict[int, dict[str, Any]]:
+        """The burn and import jobs shown, by id."""
+        return self.job_rows.jobs
 
-    def _cell(self, cells: dict[str, str], key: str, table: DataTable[str | Text]) -> str | Text:
-        if key == "state":
-            styles = DRIVE_STYLES if table is self.drive_table else STATE_STYLES
-            return styled(self.app, cells[key], styles)
-        return cells[key]
+    def _drive_cell(self, cells: dict[str, str], key: str) -> str | Text:
+        return styled(self.app, cells[key], DRIVE_STYLES) if key == "state" else cells[key]
+
+    def _drive_row(self, cells: dict[str, str]) -> list[str | Text]:
+        return [self._drive_cell(cells, key) for key, _, _ in self._drive_columns]
 
     def show_failure(self, what: str, error: BaseException) -> None:
         set_message(
@@ -506,13 +470,11 @@ class MediaScreen(ConsoleScreen):
         old = self.drive_cells.get(device)
         self.drive_cells[device] = cells
         if old is None:
-            table.add_row(
-                *[self._cell(cells, key, table) for key, _, _ in self._drive_columns], key=device
-            )
+            table.add_row(*self._drive_row(cells), key=device)
             return
         for key, _, _ in self._drive_columns:
             if old[key] != cells[key]:
-                table.update_cell(device, key, self._cell(cells, key, table))
+                table.update_cell(device, key, self._drive_cell(cells, key))
 
     def apply_drive_events(self, drives: list[dict[str, Any]]) -> None:
         """``drive`` events: one drive's new state each (``gone`` when it was unplugged)."""
@@ -524,7 +486,7 @@ class MediaScreen(ConsoleScreen):
             self.describe_selection()
 
     def selected_drive(self) -> dict[str, Any] | None:
-        device = self._selected_key(self.drive_table)
+        device = selected_key(self.drive_table)
         return self.drives.get(device or "")
 
     # --- the line under the queue ----------------------------------------------------------
@@ -598,29 +560,14 @@ class MediaScreen(ConsoleScreen):
     def apply_page(self, jobs: list[dict[str, Any]], generation: int | None = None) -> None:
         if generation is not None and generation != self._generation:
             return
-        fresh = {int(job["id"]): job for job in jobs}
         with self.app.batch_update():
-            for job_id in [j for j in self.jobs if j not in fresh]:
-                self._remove(job_id)
-            added = False
-            for job_id, job in fresh.items():
-                added |= self._upsert(job_id, job)
-            if added:
-                self._sort()
+            self.job_rows.replace(jobs)
             self._show_bar()
             self.describe_selection()
 
     def apply_jobs(self, briefs: list[dict[str, Any]]) -> None:
-        latest = {int(b["id"]): b for b in briefs if isinstance(b.get("id"), int)}
-        added = False
         with self.app.batch_update():
-            for job_id, brief in latest.items():
-                if self.matches(brief):
-                    added |= self._upsert(job_id, brief)
-                elif job_id in self.jobs:
-                    self._remove(job_id)
-            if added:
-                self._sort()
+            self.job_rows.apply(briefs, self.matches)
             self._show_bar()
             self.describe_selection()
 
@@ -639,36 +586,6 @@ class MediaScreen(ConsoleScreen):
 
     def _width(self, key: str) -> int:
         return next((width or 0 for k, _, width in self._queue_columns if k == key), 0)
-
-    def _upsert(self, job_id: int, job: dict[str, Any]) -> bool:
-        """Whether a row was added."""
-        cells = self._cells(job)
-        self.jobs[job_id] = job
-        old = self.row_cells.get(job_id)
-        self.row_cells[job_id] = cells
-        table = self.queue
-        if old is None:
-            table.add_row(
-                *[self._cell(cells, key, table) for key, _, _ in self._queue_columns],
-                key=str(job_id),
-            )
-            return True
-        row_key = RowKey(str(job_id))
-        for key, _, _ in self._queue_columns:
-            if old[key] != cells[key]:
-                table.update_cell(row_key, key, self._cell(cells, key, table))
-        return False
-
-    def _remove(self, job_id: int) -> None:
-        self.jobs.pop(job_id, None)
-        self.row_cells.pop(job_id, None)
-        try:
-            self.queue.remove_row(str(job_id))
-        except RowDoesNotExist:
-            pass
-
-    def _sort(self) -> None:
-        self.queue.sort("id", key=lambda value: -int(str(value)))
 
     def on_daemon_events(self, message: DaemonEvents) -> None:
         briefs: list[dict[str, Any]] = []
@@ -691,16 +608,14 @@ class MediaScreen(ConsoleScreen):
         self._generation += 1
         self.refresh_queue()
         with self.app.batch_update():
-            for job_id in [j for j, job in self.jobs.items() if not self.matches(job)]:
-                self._remove(job_id)
+            self.job_rows.retain(self.matches)
             self._show_bar()
             self.describe_selection()
 
     # --- actions ---------------------------------------------------------------------------
 
     def selected_id(self) -> int | None:
-        key = self._selected_key(self.queue)
-        return int(key) if key is not None else None
+        return self.job_rows.selected_id()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.errors import StyleSyntaxError
-from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
-from textual.widgets.data_table import RowDoesNotExist, RowKey
+from textual.widgets.data_table import RowDoesNotExist
 
 from console.base import ConnectionChanged, ConsoleScreen, DaemonEvents, describe_error
 from console.screens._forms import FORM_CSS, set_message
@@ -34,6 +32,7 @@ from console.screens.jobs import (
     reroute,
     study_text,
 )
+from console.tables import KeyedJobRows, refill_table, selected_key, styled
 from console.widgets import ConfirmModal
 
 QUEUE_PAGE = 200
@@ -168,8 +167,7 @@ class PrintScreen(ConsoleScreen):
         super().__init__()
         self.printers: dict[str, dict[str, Any]] = {}
         self.printer_cells: dict[str, dict[str, str | Text]] = {}
-        self.jobs: dict[int, dict[str, Any]] = {}
-        self.row_cells: dict[int, dict[str, str]] = {}
+        self.job_rows = KeyedJobRows(lambda: self.queue, self._cells, {"state": STATE_STYLES})
         self.queue_filter = 0
         self.printer_filter: str | None = None
         self._generation = 0
@@ -221,30 +219,14 @@ class PrintScreen(ConsoleScreen):
         with self.app.batch_update():
             if printers != self._printer_columns:
                 self._printer_columns = printers
-                self._rebuild(self.printer_table, printers, self.printer_cells)
+                rows = (
+                    (name, [cells[key] for key, _, _ in printers])
+                    for name, cells in self.printer_cells.items()
+                )
+                refill_table(self.printer_table, rows, printers)
             if queue != self._queue_columns:
                 self._queue_columns = queue
-                self._rebuild(self.queue, queue, self.row_cells)
-
-    def _rebuild(
-        self,
-        table: DataTable[str | Text],
-        columns: Columns,
-        rows: dict[Any, dict[str, Any]],
-    ) -> None:
-        selected = self._selected_key(table)
-        table.clear(columns=True)
-        for key, label, width in columns:
-            table.add_column(label, key=key, width=width)
-        for row_key, cells in rows.items():
-            table.add_row(*[cells[key] for key, _, _ in columns], key=str(row_key))
-        if table is self.queue:
-            self._sort()
-        if selected is not None:
-            try:
-                table.move_cursor(row=table.get_row_index(selected), animate=False)
-            except RowDoesNotExist:
-                pass
+                self.job_rows.refill(queue)
 
     @property
     def queue(self) -> DataTable[str | Text]:
@@ -254,15 +236,10 @@ class PrintScreen(ConsoleScreen):
     def printer_table(self) -> DataTable[str | Text]:
         return self.query_one("#printers", DataTable)
 
-    @staticmethod
-    def _selected_key(table: DataTable[str | Text]) -> str | None:
-        if table.row_count == 0:
-            return None
-        try:
-            row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        except Exception:
-            return None
-        return str(row_key.value) if row_key.value is not None else None
+    @property
+    def jobs(self) -> dict[int, dict[str, Any]]:
+        """The print jobs shown, by id."""
+        return self.job_rows.jobs
 
     # --- printers --------------------------------------------------------------------------
 
@@ -338,7 +315,7 @@ class PrintScreen(ConsoleScreen):
         checked = self.app.format_time((entry or {}).get("updated"))  # type: ignore[attr-defined]
         return {
             "name": str(printer.get("name", "")),
-            "status": self._styled(status, STATUS_STYLES),
+            "status": styled(self.app, status, STATUS_STYLES),
             "info": info,
             "checked": checked,
             "ae": str(printer.get("ae_title", "")),
@@ -370,7 +347,7 @@ class PrintScreen(ConsoleScreen):
             self.describe_selection()
 
     def selected_printer(self) -> str | None:
-        return self._selected_key(self.printer_table)
+        return selected_key(self.printer_table)
 
     # --- the line under the queue: the highlighted printer or job in full ---------------------
 
@@ -456,29 +433,14 @@ class PrintScreen(ConsoleScreen):
     def apply_page(self, jobs: list[dict[str, Any]], generation: int | None = None) -> None:
         if generation is not None and generation != self._generation:
             return
-        fresh = {int(job["id"]): job for job in jobs}
         with self.app.batch_update():
-            for job_id in [j for j in self.jobs if j not in fresh]:
-                self._remove(job_id)
-            added = False
-            for job_id, job in fresh.items():
-                added |= self._upsert(job_id, job)
-            if added:
-                self._sort()
+            self.job_rows.replace(jobs)
             self._show_bar()
             self.describe_selection()
 
     def apply_jobs(self, briefs: list[dict[str, Any]]) -> None:
-        latest = {int(b["id"]): b for b in briefs if isinstance(b.get("id"), int)}
-        added = False
         with self.app.batch_update():
-            for job_id, brief in latest.items():
-                if self.matches(brief):
-                    added |= self._upsert(job_id, brief)
-                elif job_id in self.jobs:
-                    self._remove(job_id)
-            if added:
-                self._sort()
+            self.job_rows.apply(briefs, self.matches)
             self._show_bar()
             self.describe_selection()
 
@@ -493,49 +455,6 @@ class PrintScreen(ConsoleScreen):
             "attempts": str(job.get("attempts", 0)),
             "why": waiting_text(job, fmt),
         }
-
-    def _upsert(self, job_id: int, job: dict[str, Any]) -> bool:
-        """Whether a row was added."""
-        cells = self._cells(job)
-        self.jobs[job_id] = job
-        old = self.row_cells.get(job_id)
-        self.row_cells[job_id] = cells
-        table = self.queue
-        if old is None:
-            table.add_row(
-                *[self._cell(cells, key) for key, _, _ in self._queue_columns], key=str(job_id)
-            )
-            return True
-        row_key = RowKey(str(job_id))
-        for key, _, _ in self._queue_columns:
-            if old[key] != cells[key]:
-                table.update_cell(row_key, key, self._cell(cells, key))
-        return False
-
-    def _cell(self, cells: dict[str, str], key: str) -> str | Text:
-        return self._styled(cells[key], STATE_STYLES) if key == "state" else cells[key]
-
-    def _remove(self, job_id: int) -> None:
-        self.jobs.pop(job_id, None)
-        self.row_cells.pop(job_id, None)
-        try:
-            self.queue.remove_row(str(job_id))
-        except RowDoesNotExist:
-            pass
-
-    def _sort(self) -> None:
-        self.queue.sort("id", key=lambda value: -int(str(value)))
-
-    def _styled(self, text: str, styles: dict[str, str]) -> Text:
-        style = styles.get(text, "")
-        if not style:
-            return Text(text)
-        bold = "bold " if style.startswith("bold") else ""
-        color = self.app.theme_variables.get(style.split("$")[-1], "")
-        try:
-            return Text(text, style=Style.parse(f"{bold}{color}".strip()))
-        except StyleSyntaxError:
-            return Text(text, style="bold" if bold else "")
 
     def on_daemon_events(self, message: DaemonEvents) -> None:
         briefs: list[dict[str, Any]] = []
@@ -569,16 +488,14 @@ class PrintScreen(ConsoleScreen):
         self._generation += 1
         self.refresh_queue()
         with self.app.batch_update():
-            for job_id in [j for j, job in self.jobs.items() if not self.matches(job)]:
-                self._remove(job_id)
+            self.job_rows.retain(self.matches)
             self._show_bar()
             self.describe_selection()
 
     # --- actions ---------------------------------------------------------------------------
 
     def selected_id(self) -> int | None:
-        key = self._selected_key(self.queue)
-        return int(key) if key is not None else None
+        return self.job_rows.selected_id()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

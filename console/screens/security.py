@@ -61,8 +61,8 @@ from console.screens._forms import (
     show_field_error,
 )
 from console.screens.film_composer import FormError
-from console.screens.media import styled
 from console.screens.print import Columns, fitted
+from console.tables import selected_key, styled
 from console.widgets import ConfirmModal
 
 AUDIT_LIMIT = 500
@@ -963,7 +963,7 @@ class SecurityScreen(ConsoleScreen):
 
     def show_trusted(self, trusted: list[dict[str, Any]]) -> None:
         table = self.query_one("#trusted", DataTable)
-        selected = self._selected(table)
+        selected = selected_key(table)
         now = self.now()
         self.trusted = {}
         table.clear()
@@ -989,16 +989,6 @@ class SecurityScreen(ConsoleScreen):
         )  # fmt: skip
         if selected in self.trusted:
             table.move_cursor(row=table.get_row_index(selected), animate=False)
-
-    @staticmethod
-    def _selected(table: DataTable[Any]) -> str | None:
-        if table.row_count == 0:
-            return None
-        try:
-            row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        except Exception:
-            return None
-        return str(row_key.value) if row_key.value is not None else None
 
     # --- refused handshakes --------------------------------------------------------------------
 
@@ -1110,7 +1100,7 @@ class SecurityScreen(ConsoleScreen):
     def action_untrust(self) -> None:
         if self.needs_service("Untrust CA"):
             return
-        key = self._selected(self.query_one("#trusted", DataTable))
+        key = selected_key(self.query_one("#trusted", DataTable))
         entry = self.trusted.get(key or "")
         if key is None or entry is None:
             set_message(self.message_line, "no trusted CA selected", error=True)
@@ -1247,7 +1237,7 @@ class SecurityScreen(ConsoleScreen):
 
     def describe_audit(self) -> None:
         table = self.query_one("#audit", DataTable)
-        key = self._selected(table)
+        key = selected_key(table)
         text = ""
         if key is not None:
             try:

@@ -23,7 +23,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from console.actions import PLANNED, study_action, study_actions
 from console.base import ConsoleScreen, DaemonEvents, describe_error
 from console.screens._forms import FORM_CSS, set_message
-from console.screens.media import styled
+from console.tables import styled
 from console.widgets import NodePickerModal
 
 SEARCH_FIELDS = (
