@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import grp
 import json
+import os
 import re
 import socket
 import struct
@@ -99,14 +100,25 @@ def _group_exists(name: str) -> bool:
     return True
 
 
+DISK_RESERVE_SHARE = 10
+MIN_DISK_RESERVE_MB = 16
+
+
+def _file_system_mb(folder: Path) -> int:
+    stats = os.statvfs(folder)
+    return stats.f_blocks * stats.f_frsize // 2**20  # MB as disk_reserve_mb counts them (MiB)
+
+
 def first_boot(
     store: ConfigStore,
     *,
     hostname: str | None = None,
     port: int | None = None,
     control_group: str | None = None,
+    disk_mb: int | None = None,
 ) -> dict[str, Any]:
-    """Set up what is still at its default; returns what was done, step by step."""
+    """Set up what is still at its default; returns what was done, step by step. ``disk_mb``:
+    the size of the data folder's file system (read from it when None)."""
     data_dir = store.data_dir
     steps: dict[str, str] = {}
     settings = store.settings()
@@ -136,6 +148,22 @@ def first_boot(
         else:
             store.set("control_group", control_group)
             steps["control_group"] = f"set to {control_group}"
+
+    reserve = settings.disk_reserve_mb
+    size = disk_mb if disk_mb is not None else _file_system_mb(Path(data_dir))
+    if reserve != _default("disk_reserve_mb"):
+        steps["disk_reserve_mb"] = f"kept {reserve} MB"
+    elif size // DISK_RESERVE_SHARE < reserve:
+        # The default reserve would refuse every store on a small data disk (an image booted
+        # on a disk no larger than itself); a tenth of the disk is kept free instead.
+        smaller = max(MIN_DISK_RESERVE_MB, size // DISK_RESERVE_SHARE)
+        store.set("disk_reserve_mb", smaller)
+        steps["disk_reserve_mb"] = (
+            f"set to {smaller} MB (a tenth of the {size} MB data disk; the default {reserve} MB "
+            "would leave no room for studies)"
+        )
+    else:
+        steps["disk_reserve_mb"] = f"kept {reserve} MB"
 
     settings = store.settings()
     folder = certificates.tls_dir(data_dir)

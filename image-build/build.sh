@@ -180,10 +180,16 @@ EOF
     install -D -m 0644 "$here/files/fstab" "$root/etc/fstab"
     # root-b and the data partition's growth on the first boot, before any local file system
     # (the data partition's check and mount) is started
+    # A disk too small for root-b (the image booted as it is) is reported, not a failed boot:
+    # the box runs from slot A with the data partition it has.
     install -D -m 0644 /dev/stdin "$sysd/systemd-repart.service.d/10-appliance.conf" <<'EOF'
 [Unit]
 Before=local-fs-pre.target
 Wants=local-fs-pre.target
+
+[Service]
+ExecStart=
+ExecStart=/bin/sh -c 'systemd-repart --dry-run=no || echo "systemd-repart: the disk has no room for root-b (needs the image plus one root partition): no A/B updates, data partition not grown" >&2'
 EOF
     # the initramfs mounts the data partition before repart grows it: grow its file system only
     # after that

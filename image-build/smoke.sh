@@ -5,7 +5,8 @@
 # root file system read-only; then `rauc install` of the build's update bundle (a second disk)
 # writes slot B. The second boot (UEFI firmware) runs slot B, still holds the stored study and the
 # queued (paused) send job, and confirms the slot; a third boot of slot B whose DICOM services
-# never come up is not confirmed, and the fourth boot rolls back to slot A.
+# never come up is not confirmed, and the fourth boot rolls back to slot A. A fifth boot runs the
+# image file as built, on a disk no larger than itself (no room for slot B).
 #
 #   image-build/smoke.sh [--out DIR] [--kvm] [--no-reboot]
 #
@@ -341,6 +342,21 @@ if [ "$reboot" = 1 ]; then
     expect_slot 4 A
     [ "$(report 4 instances)" -ge 2 ] 2>/dev/null && ok "the study is still there after the rollback" ||
         fail "after the rollback the archive holds $(report 4 instances) instance files"
+    power_off
+
+    # The image file booted as it is, on a disk no larger than itself: no room for root-b, and
+    # a data partition of 128 MiB. It must still boot cleanly and take studies.
+    echo "== boot 5 (BIOS): the image file as built, on a disk no larger than itself"
+    cp --sparse=always "$out/appliance.img" "$work/disk.img"
+    grubenv set extra_cmdline="$test_cmdline"
+    boot 5 bios
+    if wait_echo 180; then ok "echoscu answered ($((SECONDS - boot_start)) s)"; else fail "echoscu on the unenlarged image"; fi
+    if /usr/bin/storescu -to 30 -ta 30 -td 60 -aec APPLIANCE 127.0.0.1 "$p104" "$work"/study/*.dcm >"$work/storescu5.log" 2>&1; then
+        ok "storescu stored the study on the small data partition"
+    else
+        fail "storescu on the unenlarged image: $(tail -n 3 "$work/storescu5.log")"
+    fi
+    check_report 5
     power_off
 fi
 

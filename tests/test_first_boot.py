@@ -12,6 +12,7 @@ import pytest
 
 from appliance.config import ConfigStore
 from appliance.first_boot import STAMP_FILE, ae_title_from_hostname, console_lines
+from appliance.first_boot import first_boot as first_boot_setup
 from tests.peers import appliance_cmd, free_port, run, wait_for_port
 
 
@@ -66,6 +67,8 @@ def test_first_boot_sets_up_once_and_changes_nothing_the_second_time(tmp_path):
     second = first_boot(
         data, "--hostname", "other-name", "--port", "11113", "--control-group", group
     )
+    # the reserve depends on the size of this machine's disk; it is kept either way
+    assert second["steps"].pop("disk_reserve_mb").startswith("kept ")
     assert second["steps"] == {
         "ae_title": "kept CT_BOX",
         "port": "kept 104",
@@ -135,3 +138,24 @@ def test_the_daemon_starts_its_tls_listener_after_first_boot(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_first_boot_keeps_the_disk_reserve_within_a_small_data_disk(tmp_path):
+    # An image booted on a disk no larger than itself has a data partition of a hundred MB or
+    # so: the default reserve of 1024 MB would refuse every study.
+    small = ConfigStore(tmp_path / "small")
+    done = first_boot_setup(small, hostname="ct1", disk_mb=120)
+    assert small.settings().disk_reserve_mb == 16
+    assert "a tenth of the 120 MB data disk" in done["steps"]["disk_reserve_mb"]
+    medium = ConfigStore(tmp_path / "medium")
+    first_boot_setup(medium, hostname="ct1", disk_mb=2400)
+    assert medium.settings().disk_reserve_mb == 240
+    # a large disk keeps the default; an operator's value is never changed
+    large = ConfigStore(tmp_path / "large")
+    first_boot_setup(large, hostname="ct1", disk_mb=500_000)
+    assert large.settings().disk_reserve_mb == 1024
+    operator = ConfigStore(tmp_path / "operator")
+    operator.set("disk_reserve_mb", 2048)
+    done = first_boot_setup(operator, hostname="ct1", disk_mb=120)
+    assert operator.settings().disk_reserve_mb == 2048
+    assert done["steps"]["disk_reserve_mb"] == "kept 2048 MB"
