@@ -25,10 +25,10 @@ EXIT_FAILED = 1
 
 
 def _slot(text: str) -> str:
-    slot = text.upper()
-    if slot not in boot_slots.SLOTS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a slot (A or B)")
-    return slot
+    try:
+        return boot_slots.check_slot(text.upper())
+    except BootSlotError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a slot (A or B)") from None
 
 
 def _file_options() -> argparse.ArgumentParser:

@@ -151,9 +151,7 @@ def first_boot(
 
     reserve = settings.disk_reserve_mb
     size = disk_mb if disk_mb is not None else _file_system_mb(Path(data_dir))
-    if reserve != _default("disk_reserve_mb"):
-        steps["disk_reserve_mb"] = f"kept {reserve} MB"
-    elif size // DISK_RESERVE_SHARE < reserve:
+    if reserve == _default("disk_reserve_mb") and size // DISK_RESERVE_SHARE < reserve:
         # The default reserve would refuse every store on a small data disk (an image booted
         # on a disk no larger than itself); a tenth of the disk is kept free instead.
         smaller = max(MIN_DISK_RESERVE_MB, size // DISK_RESERVE_SHARE)

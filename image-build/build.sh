@@ -126,8 +126,7 @@ build_rootfs() {
         setup+=(--setup-hook="cp '$prefs' \"\$1/etc/apt/preferences.d/image-lock.pref\"")
     fi
     rm -rf "$root"
-    SOURCE_DATE_EPOCH="$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)" \
-        mmdebstrap --mode=root --variant=minbase --quiet \
+    SOURCE_DATE_EPOCH="$epoch" mmdebstrap --mode=root --variant=minbase --quiet \
         --include="$include" \
         --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -388,8 +387,7 @@ assemble_image() {
     mkfs.ext4 -q -F -L root-a -E root_owner=0:0 -d "$root" "$stage/root-a.ext4" "${root_mib}M"
     mkfs.ext4 -q -F -L data -d "$stage/data" "$stage/data.ext4" "${data_mib}M"
     # the ESP's volume id, which GRUB finds it by: fixed per commit, for reproducible images
-    local epoch uuid
-    epoch="$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)"
+    local uuid
     uuid="$(printf '%08X' $((epoch & 0xFFFFFFFF)))"
     uuid="${uuid:0:4}-${uuid:4:4}"
     make_esp "$stage/esp.fat" "$esp_mib" "$uuid" "$stage/grub"
@@ -459,6 +457,8 @@ main() {
     fi
     mkdir -p "$out"
     out="$(cd "$out" && pwd)"
+    # the commit's time: file times in the root and the ESP's volume id, the same for one commit
+    epoch="$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)"
     local start=$SECONDS
     build_wheelhouse "$out/wheels"
     update_signing_key "$out/keys"

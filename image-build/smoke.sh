@@ -162,14 +162,7 @@ wait_for_line() {
     return 1
 }
 
-wait_report() {
-    local n="$1" limit="$2"
-    while [ $((SECONDS - boot_start)) -lt "$limit" ]; do
-        grep -q '^SMOKE-DONE' "$work/smoke$n.log" 2>/dev/null && return 0
-        sleep 1
-    done
-    return 1
-}
+wait_report() { wait_for_line "$1" '^SMOKE-DONE' "$2"; }
 
 # (the UEFI firmware writes to both serial ports: a report line can follow its output)
 report() { sed -n "s/^.*SMOKE $2=//p" "$work/smoke$1.log" | tr -d '\r' | head -n1; }
